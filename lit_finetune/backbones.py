@@ -1,0 +1,211 @@
+"""Creating torchvision backbones: names, weights, local weight files and head surgery.
+
+A backbone is a torchvision classification model whose final classification layer has been
+replaced by ``nn.Identity``, so that calling it returns the pooled features the head sees.
+The final layer is found the same way for every family: it is the last ``nn.Linear`` or
+``nn.Conv2d`` registered in the model (``fc`` for resnet/regnet/shufflenet/googlenet/inception,
+the last layer of ``classifier`` for alexnet/vgg/mobilenet/efficientnet/mnasnet/convnext/maxvit,
+``classifier`` for densenet, the final 1x1 conv for squeezenet, ``heads.head`` for vit and
+``head`` for swin).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
+
+from lit_finetune.checkpoints import load_state_dict_file
+
+log = logging.getLogger(__name__)
+
+MIN_INPUT_SIZE = {"inception_v3": 75}
+"""Smallest input side that each listed family accepts (others work from 32 px). inception_v3's
+auxiliary head, used in training, needs 299 px: turn it off (``aux_logits=False``) for smaller inputs."""
+DEFAULT_INPUT_SIZE = {"inception_v3": 299}
+"""Crop size used when no weights name one (others use 224)."""
+
+
+def available_backbones() -> list[str]:
+    """Names of torchvision's classification models (``torchvision.models.list_models``)."""
+    return list_models(module=torchvision.models)
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise a ``ValueError`` that suggests close names when ``name`` is not a torchvision classifier.
+
+    Example::
+
+        >>> check_backbone_name("resnet181")
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown backbone 'resnet181'. Did you mean: resnet18, resnet101, ...
+    """
+    names = available_backbones()
+    if name in names:
+        return
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f"Did you mean: {', '.join(close)}?" if close else "See `torchvision.models.list_models()`."
+    raise ValueError(f"Unknown backbone '{name}'. {hint} ({len(names)} torchvision classification models are available.)")
+
+
+def is_weights_file(weights: str | None) -> bool:
+    """True when ``weights`` names a local file rather than a torchvision weights enum member."""
+    return weights is not None and (Path(weights).suffix in {".pth", ".pt", ".ckpt", ".bin", ".safetensors"} or Path(weights).exists())
+
+
+def resolve_weights(backbone: str, weights: str | None) -> WeightsEnum | None:
+    """Turn a weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, or ``"ResNet18_Weights.IMAGENET1K_V1"``) into its enum.
+
+    Returns None for None and for local files.
+
+    Raises:
+        ValueError: the name is not one of the backbone's weights.
+    """
+    if weights is None or is_weights_file(weights):
+        return None
+    enum = get_model_weights(backbone)
+    member = weights.split(".")[-1]
+    if member not in enum.__members__:
+        raise ValueError(
+            f"'{weights}' is neither a weights name of {backbone} nor an existing file. "
+            f"Names: {', '.join(enum.__members__)}; or give a path to a .pth/.pt/.safetensors state_dict."
+        )
+    return enum[member]
+
+
+@dataclass
+class LoadReport:
+    """What happened when a local weights file was loaded."""
+
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped_head: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {self.loaded} tensors"]
+        if self.skipped_head:
+            lines.append(f"skipped {len(self.skipped_head)} head tensors of another shape (the head is replaced, this is fine): {', '.join(self.skipped_head)}")
+        if self.missing:
+            lines.append(f"missing {len(self.missing)} keys (left at their initial values): {', '.join(self.missing[:10])}")
+        if self.unexpected:
+            lines.append(f"unexpected {len(self.unexpected)} keys (ignored): {', '.join(self.unexpected[:10])}")
+        return "; ".join(lines)
+
+
+def find_final_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """Name and module of the final classification layer (last Linear/Conv2d registered)."""
+    final = None
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and not name.startswith(("AuxLogits", "aux1", "aux2")):
+            final = (name, module)
+    if final is None:
+        raise ValueError(f"No Linear or Conv2d layer found in {type(model).__name__}: cannot find its head.")
+    return final
+
+
+def feature_size(layer: nn.Module) -> int:
+    """Input width of a final Linear or 1x1 Conv2d layer."""
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def load_weights_file(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> LoadReport:
+    """Load a local state_dict into a freshly built torchvision model (before head surgery).
+
+    Keys of the final layer whose shape differs (a file fine-tuned on other classes) are skipped,
+    since the head is replaced anyway. Any other shape mismatch is an error.
+
+    Raises:
+        ValueError: a backbone tensor has another shape, or no key of the file matches the model.
+    """
+    state = load_state_dict_file(path, trust_pickle=trust_pickle)
+    own = model.state_dict()
+    head_name, _ = find_final_layer(model)
+    report = LoadReport()
+    usable = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif own[key].shape != value.shape:
+            if key.startswith((head_name + ".", "AuxLogits.fc.")):
+                report.skipped_head.append(key)
+                continue
+            raise ValueError(
+                f"Weights file '{path}' does not fit this backbone: '{key}' has shape {tuple(value.shape)} in the "
+                f"file but {tuple(own[key].shape)} in the model. Is the file for another architecture or variant?"
+            )
+        else:
+            usable[key] = value
+    if not usable:
+        raise ValueError(
+            f"No key of '{path}' matches the model ({len(state)} keys, e.g. {list(state)[:3]}; the model expects "
+            f"e.g. {list(own)[:3]}). Is it a state_dict of this backbone?"
+        )
+    model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    # Head keys skipped above are expected to be "missing"; the aux heads are optional.
+    report.missing = [k for k in own if k not in usable and k not in report.skipped_head and not k.startswith(("aux1.", "aux2."))]
+    return report
+
+
+def create_backbone(
+    name: str,
+    weights: str | None = None,
+    num_classes: int = 1000,
+    trust_pickle: bool = False,
+    aux_logits: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, int]:
+    """Build ``name`` with ``weights``, strip its final layer and return ``(backbone, feature_size)``.
+
+    Args:
+        name: a torchvision classification model name, e.g. ``"resnet18"``.
+        weights: None (random init), a weights name of the model (``"DEFAULT"``, ``"IMAGENET1K_V1"``)
+            downloaded by torchvision, or a path to a local state_dict file.
+        num_classes: the auxiliary head of inception_v3 is rebuilt for this many classes.
+        trust_pickle: allow a local file that holds a whole pickled model.
+        aux_logits: keep inception_v3's auxiliary head (googlenet's are always removed).
+        model_kwargs: extra arguments of the torchvision builder, e.g. ``{"image_size": 64}`` for vit
+            without weights.
+
+    Raises:
+        ValueError: unknown name, unknown weights name, or a file that does not fit.
+    """
+    check_backbone_name(name)
+    enum = resolve_weights(name, weights)
+    kwargs = dict(model_kwargs or {})
+    if name in ("googlenet", "inception_v3"):
+        # Build with the auxiliary heads so torchvision's state dicts (which hold them) load cleanly.
+        kwargs.update({"aux_logits": True} if enum is not None else {"aux_logits": True, "init_weights": True})
+    model = get_model(name, weights=enum, **kwargs)
+    if is_weights_file(weights):
+        report = load_weights_file(model, weights, trust_pickle=trust_pickle)
+        log.info("Loaded %s into %s: %s", weights, name, report)
+        if report.missing or report.unexpected:
+            log.warning("Weights file %s did not match %s exactly: %s", weights, name, report)
+    head_name, head = find_final_layer(model)
+    in_features = feature_size(head)
+    set_submodule(model, head_name, nn.Identity())
+    if name == "googlenet":
+        model.aux_logits, model.aux1, model.aux2 = False, None, None
+    if name == "inception_v3":
+        if aux_logits:
+            model.AuxLogits.fc = nn.Linear(model.AuxLogits.fc.in_features, num_classes)
+        else:
+            model.aux_logits, model.AuxLogits = False, None
+    return model, in_features

@@ -1,0 +1,22 @@
+"""Datasets that return dicts, the ImageFolder DataModule, transforms and demo data."""
+
+from lit_finetune.data.datamodule import ImageFolderDataModule, stratified_split
+from lit_finetune.data.demo import write_digits
+from lit_finetune.data.folder import IMAGE_EXTENSIONS, ImageDataset, load_rgb, scan_image_folder
+from lit_finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, default_preprocessing, eval_transform, train_transform
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "ImageDataset",
+    "ImageFolderDataModule",
+    "Preprocessing",
+    "default_preprocessing",
+    "eval_transform",
+    "load_rgb",
+    "scan_image_folder",
+    "stratified_split",
+    "train_transform",
+    "write_digits",
+]

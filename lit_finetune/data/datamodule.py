@@ -1,0 +1,186 @@
+"""``ImageFolderDataModule``: a user's class folders, ready for training."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lit_finetune.data.demo import write_digits
+from lit_finetune.data.folder import ImageDataset, list_images, scan_image_folder
+from lit_finetune.data import transforms as tfm
+from lit_finetune.data.transforms import Preprocessing, default_preprocessing
+
+log = logging.getLogger(__name__)
+
+
+def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Split samples per class so each class keeps ``val_fraction`` of its images for validation."""
+    by_class: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample[1]].append(sample)
+    rng = random.Random(seed)
+    train, val = [], []
+    for target in sorted(by_class):
+        items = by_class[target]
+        rng.shuffle(items)
+        n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
+        val.extend(items[:n_val])
+        train.extend(items[n_val:])
+    return sorted(train), sorted(val)
+
+
+class ImageFolderDataModule(LightningDataModule):
+    """Class folders on disk as train/val/test/predict dataloaders of dict samples.
+
+    ``root`` holds either ``train/`` and ``val/`` (and optionally ``test/``) folders of class folders,
+    or the class folders directly, in which case ``val_fraction`` of each class is held out with a
+    fixed ``split_seed``. The folders are scanned when the module is created, so a missing folder, an
+    empty class or a class present in ``val/`` but not in ``train/`` is reported before training.
+
+    Args:
+        root: the data folder.
+        batch_size: samples per batch (per process under DDP).
+        num_workers: dataloader worker processes.
+        pin_memory: page-locked host memory for faster copies to the GPU; None: only when CUDA is available.
+        persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
+        val_fraction: share of each class held out when ``root`` has no ``val/`` folder.
+        split_seed: seed of that split.
+        backbone: model name, used to pick default sizes (linked from ``model.backbone`` by the CLI).
+        weights: weights name; its ``transforms()`` give the default sizes and normalization
+            (linked from ``model.weights`` by the CLI).
+        image_size: crop size; None: from the weights (224, or 299 for inception_v3).
+        resize_size: short side before the center crop at evaluation; None: ``image_size * 256 / 224``.
+        mean: normalization mean; None: from the weights (ImageNet's otherwise).
+        std: normalization std; None: likewise.
+        crop_scale: area range of ``RandomResizedCrop`` in training.
+        hflip: random horizontal flips in training.
+        train_transform: a full replacement of the training pipeline (any transforms v2 module).
+        eval_transform: a full replacement of the evaluation pipeline.
+        predict_root: folder of images to predict (recursively, any layout); None: the validation set.
+        demo: ``"digits"`` writes scikit-learn's digits as PNG class folders into ``root`` if missing.
+
+    Raises:
+        FileNotFoundError: ``root`` or ``predict_root`` does not exist.
+        ValueError: no images, an empty class folder, a class folder missing from ``train/``, bad options.
+
+    Example::
+
+        dm = ImageFolderDataModule("data/hymenoptera_data", batch_size=16, weights="DEFAULT", backbone="resnet18")
+        dm.class_names  # ['ants', 'bees']
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = False,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        backbone: str | None = None,
+        weights: str | None = None,
+        image_size: int | None = None,
+        resize_size: int | None = None,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        hflip: bool = True,
+        train_transform: nn.Module | None = None,
+        eval_transform: nn.Module | None = None,
+        predict_root: str | None = None,
+        demo: str | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        if num_workers < 0:
+            raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}.")
+        if demo not in (None, "digits"):
+            raise ValueError(f"Unknown demo data set '{demo}'; the one available is 'digits'.")
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
+        self.root = Path(root)
+        if demo == "digits":
+            write_digits(self.root)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.predict_root = Path(predict_root) if predict_root else None
+        self.class_names, self.train_samples, self.val_samples, self.test_samples = self._scan(val_fraction, split_seed)
+        self.preprocessing = self._preprocessing(backbone, weights, image_size, resize_size, mean, std)
+        self.train_transform = train_transform or tfm.train_transform(self.preprocessing, crop_scale, hflip)
+        self.eval_transform = eval_transform or tfm.eval_transform(self.preprocessing)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of class folders in the training data."""
+        return len(self.class_names)
+
+    def _scan(self, val_fraction: float, seed: int):
+        train_dir, val_dir, test_dir = self.root / "train", self.root / "val", self.root / "test"
+        if train_dir.is_dir():
+            classes, train = scan_image_folder(train_dir)
+            if not val_dir.is_dir():
+                raise FileNotFoundError(f"'{self.root}' has train/ but no val/ folder. Add val/<class>/<images>, or put the class folders directly in root to split by `val_fraction`.")
+            _, val = scan_image_folder(val_dir, classes)
+        else:
+            classes, samples = scan_image_folder(self.root)
+            train, val = stratified_split(samples, val_fraction, seed)
+            if not val:
+                raise ValueError(f"Too few images under '{self.root}' to hold out a validation set: add at least two images per class.")
+        test = scan_image_folder(test_dir, classes)[1] if test_dir.is_dir() else []
+        if self.predict_root is not None and not self.predict_root.is_dir():
+            raise FileNotFoundError(f"`predict_root` '{self.predict_root}' does not exist.")
+        log.info("%s: %d classes, %d train / %d val / %d test images", self.root, len(classes), len(train), len(val), len(test))
+        return classes, train, val, test
+
+    @staticmethod
+    def _preprocessing(backbone, weights, image_size, resize_size, mean, std) -> Preprocessing:
+        pre = default_preprocessing(backbone, weights)
+        crop = image_size or pre.crop_size
+        resize = resize_size or (round(crop * pre.resize_size / pre.crop_size) if image_size else pre.resize_size)
+        return Preprocessing(resize, crop, tuple(mean or pre.mean), tuple(std or pre.std))
+
+    def setup(self, stage: str) -> None:
+        self.train_set = ImageDataset(self.train_samples, self.train_transform)
+        self.val_set = ImageDataset(self.val_samples, self.eval_transform)
+        self.test_set = ImageDataset(self.test_samples, self.eval_transform)
+        if self.predict_root is not None:
+            self.predict_set = ImageDataset([(str(p), -1) for p in list_images(self.predict_root)], self.eval_transform)
+        else:
+            self.predict_set = self.val_set
+        if stage == "test" and not self.test_samples:
+            raise FileNotFoundError(f"No test/ folder under '{self.root}': add test/<class>/<images> to run `test`.")
+
+    def _loader(self, dataset: ImageDataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, shuffle=False)
+

@@ -1,0 +1,31 @@
+"""Names of the keys in sample, batch and output dictionaries.
+
+Datasets return one dict per sample and the default collate function turns a list of them
+into a dict of batched values. The module's ``forward`` and its step methods return dicts too.
+Every producer and consumer uses these constants instead of string literals, so a rename is
+one edit.
+"""
+
+# Sample and batch keys (produced by ``lit_finetune.data``).
+IMAGE = "image"
+"""Float image tensor, ``(C, H, W)`` per sample, normalized."""
+TARGET = "target"
+"""Class index (multiclass), float multi-hot vector (multilabel / binary) or int mask."""
+INDEX = "index"
+"""Position of the sample in its dataset, so that a sample can be found again."""
+PATH = "path"
+"""File the sample was read from (a string; a list of strings in a batch)."""
+
+# Output keys of ``FinetuneClassifier.forward``.
+LOGITS = "logits"
+"""Raw class scores, ``(N, num_classes)``."""
+FEATURES = "features"
+"""Pooled embedding that the head sees, ``(N, D)``; present when asked for."""
+AUX_LOGITS = "aux_logits"
+"""Logits of an auxiliary head (inception_v3 in training mode)."""
+
+# Extra keys of the dict returned by ``training_step`` / ``validation_step`` / ``test_step``.
+LOSS = "loss"
+"""Scalar loss of the step (the value Lightning back-propagates in training)."""
+SAMPLE_LOSS = "sample_loss"
+"""Detached per-sample losses, ``(N,)``: the input of best/worst selection."""
