@@ -128,10 +128,11 @@ def load_weights_file(model: nn.Module, path: str | Path, trust_pickle: bool = F
     """Load a local state_dict into a freshly built torchvision model (before head surgery).
 
     Keys of the final layer whose shape differs (a file fine-tuned on other classes) are skipped,
-    since the head is replaced anyway. Any other shape mismatch is an error.
+    since the head is replaced anyway. Any other shape mismatch is an error, and so are backbone
+    tensors that the file lacks. Keys the model does not have are reported.
 
     Raises:
-        ValueError: a backbone tensor has another shape, or no key of the file matches the model.
+        ValueError: a backbone tensor has another shape or is missing, or no key of the file matches the model.
     """
     state = load_state_dict_file(path, trust_pickle=trust_pickle)
     own = model.state_dict()
@@ -159,7 +160,14 @@ def load_weights_file(model: nn.Module, path: str | Path, trust_pickle: bool = F
     model.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
     # Head keys skipped above are expected to be "missing"; the aux heads are optional.
-    report.missing = [k for k in own if k not in usable and k not in report.skipped_head and not k.startswith(("aux1.", "aux2."))]
+    report.missing = [k for k in own if k not in usable and k not in report.skipped_head and not k.startswith(("aux1.", "aux2.", "AuxLogits."))]
+    backbone_missing = [k for k in report.missing if not k.startswith(head_name + ".") and not k.endswith("num_batches_tracked")]
+    if backbone_missing:
+        raise ValueError(
+            f"Weights file '{path}' lacks {len(backbone_missing)} backbone tensors of this model, e.g. "
+            f"{', '.join(backbone_missing[:5])}: they would stay randomly initialised. Is the file for another variant? "
+            "To load part of a model on purpose, override `FinetuneClassifier.build_backbone`."
+        )
     return report
 
 
@@ -196,7 +204,7 @@ def create_backbone(
     if is_weights_file(weights):
         report = load_weights_file(model, weights, trust_pickle=trust_pickle)
         log.info("Loaded %s into %s: %s", weights, name, report)
-        if report.missing or report.unexpected:
+        if report.unexpected:
             log.warning("Weights file %s did not match %s exactly: %s", weights, name, report)
     head_name, head = find_final_layer(model)
     in_features = feature_size(head)
