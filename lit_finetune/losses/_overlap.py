@@ -2,9 +2,9 @@
 
 The three losses differ only in the score they compute from the same per-class statistics:
 the soft intersection ``I``, the sum of predicted probabilities ``P`` and the sum of target
-labels ``T``. The intersection uses the form ``I = (P + T - sum|p - t|) / 2``: it equals
-``sum(p * t)`` for 0/1 labels and is exact for soft labels too (``p == t`` gives a perfect score,
-which ``sum(p * t)`` does not).
+labels ``T``. The intersection is ``I = sum(min(p, t)) = (P + T - sum|p - t|) / 2``: it equals
+``sum(p * t)`` (value and gradient) for 0/1 labels and is exact for soft labels too (``p == t``
+gives a perfect score, which ``sum(p * t)`` does not).
 """
 
 from __future__ import annotations
@@ -73,6 +73,15 @@ def _check_overlap_args(
     return _check_class_weights(class_weights, task, num_classes)
 
 
+def _soft_intersection(probs: Tensor, target: Tensor) -> Tensor:
+    """``min(p, t)`` element-wise, written as ``p * t`` plus a term that is zero (with a zero
+    gradient) for 0/1 labels, so hard labels get exactly the product form's gradient, also at
+    ``p == t`` where ``min`` has a kink."""
+    soft = (target > 0) & (target < 1)
+    correction = torch.minimum(probs * (1 - target), target * (1 - probs))
+    return probs * target + torch.where(soft, correction, 0.0)
+
+
 def _overlap_update(
     preds: Tensor,
     target: Tensor,
@@ -90,7 +99,7 @@ def _overlap_update(
         probs = _probabilities(preds, task, from_logits) * valid
         pred_sum = probs.sum(dim=-1)
         target_sum = target.sum(dim=-1)
-        intersection = (pred_sum + target_sum - (probs - target).abs().sum(dim=-1)) / 2
+        intersection = _soft_intersection(probs, target).sum(dim=-1)
         count = valid.sum(dim=-1).to(pred_sum.dtype).expand_as(pred_sum)
         stats = {"intersection": intersection, "pred_sum": pred_sum, "target_sum": target_sum, "valid": count}
         if task == "multiclass" and not include_background:

@@ -52,8 +52,8 @@ class DiceLoss(_OverlapLoss):
 
     ``I`` is the soft intersection, ``P`` the sum of predicted probabilities and ``T`` the sum of
     the target labels of a class, taken over the whole batch (``aggregation="global"``) or over each
-    sample (``"per_sample"``). The intersection is computed as ``(P + T - sum|p - t|) / 2``, which is
-    exact for soft labels as well as 0/1 labels. Computation runs in float32 (float64 stays float64)
+    sample (``"per_sample"``). The intersection is ``sum(min(p, t))``, which equals ``sum(p * t)`` for
+    0/1 labels and stays exact for soft labels (a prediction equal to a soft label scores 1). Computation runs in float32 (float64 stays float64)
     with autocast disabled.
 
     Args:
