@@ -27,10 +27,11 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any, Union
+from typing import Any, Optional, Union
 
+import torch
 import torchvision.models as tvm
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -460,3 +461,133 @@ def apply_lr_scales(optimizer: Any, base_lr: float | None = None) -> None:
     for group in optimizer.param_groups:
         if "lr_scale" in group:
             group["lr"] = base * group["lr_scale"]
+
+
+# ------------------------------------------------------------------------------ feature cache
+class FeatureCache:
+    """Pooled backbone features by dataset index, computed on first sight (linear probing).
+
+    Valid only while the backbone is frozen and the transforms are deterministic: the owner checks
+    :meth:`verify` once on a batch seen before.
+
+    Example::
+
+        >>> cache = FeatureCache()
+        >>> index = torch.tensor([3, 0])
+        >>> cache.lookup(index, lambda missing: torch.ones(int(missing.sum()), 2)).shape
+        torch.Size([2, 2])
+        >>> cache.lookup(index, lambda missing: 1 / 0).sum().item()  # no second computation
+        4.0
+    """
+
+    def __init__(self) -> None:
+        self.features: Optional[Tensor] = None
+        self.filled: Optional[Tensor] = None
+        self.verified = False
+
+    def clear(self) -> None:
+        """Forget every cached feature."""
+        self.features, self.filled, self.verified = None, None, False
+
+    def __len__(self) -> int:
+        return 0 if self.filled is None else int(self.filled.sum())
+
+    def _reserve(self, size: int, like: Tensor) -> None:
+        if self.features is None:
+            self.features = like.new_empty((size, *like.shape[1:]))
+            self.filled = torch.zeros(size, dtype=torch.bool, device=like.device)
+        elif size > len(self.features):
+            grown = self.features.new_empty((max(size, 2 * len(self.features)), *self.features.shape[1:]))
+            grown[: len(self.features)] = self.features
+            filled = torch.zeros(len(grown), dtype=torch.bool, device=self.filled.device)
+            filled[: len(self.filled)] = self.filled
+            self.features, self.filled = grown, filled
+
+    def is_cached(self, index: Tensor) -> Tensor:
+        """Boolean mask of the samples of ``index`` that are in the cache."""
+        if self.filled is None:
+            return torch.zeros(len(index), dtype=torch.bool, device=index.device)
+        known = index < len(self.filled)
+        known[known.clone()] = self.filled[index[known]]
+        return known
+
+    def lookup(self, index: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
+        """Features of the samples ``index``; ``compute(missing_mask)`` gives those not cached yet."""
+        missing = ~self.is_cached(index)
+        if missing.any():
+            new = compute(missing)
+            self._reserve(int(index.max()) + 1, new)
+            self.features[index[missing]] = new
+            self.filled[index[missing]] = True
+        return self.features[index]
+
+    def verify(self, index: Tensor, features: Tensor, rtol: float = 1e-3, atol: float = 1e-4) -> None:
+        """Check freshly computed ``features`` against the cache (once).
+
+        Raises:
+            RuntimeError: If they differ: the transforms are random or the backbone changed.
+        """
+        cached = self.features[index]
+        if not torch.allclose(cached.float(), features.float(), rtol=rtol, atol=atol):
+            worst = (cached.float() - features.float()).abs().max().item()
+            raise RuntimeError(
+                f"cache_features: the features of samples {index[:4].tolist()} changed since they were cached "
+                f"(max difference {worst:.3g}). Caching needs deterministic train/val transforms (no random "
+                "augmentation) and a frozen backbone; turn augmentation off or set cache_features=False."
+            )
+        self.verified = True
+
+
+# ------------------------------------------------------------------------------ LR finder
+def suggest_lr(
+    trainer: Any,
+    model: Any,
+    datamodule: Any = None,
+    train_dataloaders: Any = None,
+    min_lr: float = 1e-6,
+    max_lr: float = 1.0,
+    num_training: int = 100,
+    early_stop_threshold: Optional[float] = 4.0,
+    attr_name: str = "head_lr",
+    plot_path: Optional[str] = None,
+) -> Optional[float]:
+    """Run Lightning's LR finder (``Tuner.lr_find``) and set ``model.<attr_name>`` to its suggestion.
+
+    During the sweep every parameter group gets the same LR (Lightning's finder does so); the
+    suggestion becomes the head LR and the backbone groups keep their multipliers and layer decay
+    when the optimizer is built again for training.
+
+    Args:
+        trainer: The ``Trainer`` that will fit (its state is restored after the sweep).
+        model: A ``FinetuneClassifier`` (anything with the attribute ``attr_name``).
+        datamodule: The data (or give ``train_dataloaders``).
+        train_dataloaders: Training data when there is no data module.
+        min_lr: Smallest LR of the sweep.
+        max_lr: Largest LR of the sweep.
+        num_training: Number of sweep steps.
+        early_stop_threshold: Stop the sweep when the loss exceeds this multiple of the best loss; None: never.
+        attr_name: Attribute that receives the suggestion.
+        plot_path: Where to save the loss-vs-LR plot (``.png``), if given.
+
+    Returns:
+        The suggested LR, or None when the finder found none.
+    """
+    from lightning.pytorch.tuner import Tuner
+
+    finder = Tuner(trainer).lr_find(
+        model,
+        train_dataloaders=train_dataloaders,
+        datamodule=datamodule,
+        min_lr=min_lr,
+        max_lr=max_lr,
+        num_training=num_training,
+        early_stop_threshold=early_stop_threshold,
+        attr_name=attr_name,
+    )
+    if finder is None:
+        return None
+    if plot_path is not None:
+        finder.plot(suggest=True).savefig(plot_path)
+    suggestion = finder.suggestion()
+    log.info("LR finder suggests %s = %s", attr_name, suggestion)
+    return suggestion

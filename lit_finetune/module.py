@@ -18,7 +18,17 @@ from torchmetrics import Accuracy, F1Score, MeanMetric, MetricCollection
 from lit_finetune import keys
 from lit_finetune.backbones import MIN_INPUT_SIZE, create_backbone
 from lit_finetune.data.transforms import default_preprocessing
+from lit_finetune.finetuning import (
+    FeatureCache,
+    FreezeSpec,
+    apply_lr_scales,
+    backbone_stages,
+    freeze_patterns,
+    parameter_groups,
+)
+from lit_finetune.finetuning import freeze as freeze_parameters
 from lit_finetune.heads import ClassifierHead
+from lit_finetune.schedulers import WarmupCosineLR
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,20 @@ class FinetuneClassifier(LightningModule):
         class_names: names of the classes, stored in checkpoints and hyperparameters.
         trust_pickle: allow a local weights file holding a whole pickled model (runs code from the file).
         channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
+        freeze: what to freeze: ``"none"``, ``"backbone"`` (all but the head), the number of leading
+            backbone stages (``2``), or a list of module/parameter-name globs (``["backbone.layer1*"]``).
+            Frozen parameters get ``requires_grad=False`` and stay out of the optimizer. A backbone frozen
+            whole runs in eval mode under ``no_grad``. Stages per family: ``docs/finetuning.md``.
+        train_bn: keep BatchNorm layers inside frozen parts training (fastai's default); False holds them
+            in eval mode so their running statistics never move.
+        head_lr: LR of the head groups; None takes the optimizer's ``lr``. The LR finder sets it.
+        backbone_lr_mult: backbone LR relative to the head LR (0.1 is common; 0 keeps the weights fixed
+            through the optimizer, like the seed's lr=0 group).
+        layer_decay: layer-wise LR decay: backbone stage ``i`` of ``n`` gets
+            ``head_lr * backbone_lr_mult * layer_decay ** (n - i)``; 1 disables it.
+        no_weight_decay_norm_bias: no weight decay on norm layers, biases and position embeddings/tokens.
+        cache_features: with a frozen backbone and deterministic transforms, compute each sample's pooled
+            features once and train the head on the cache afterwards (linear probing).
 
     Raises:
         ValueError: unknown backbone or weights, bad class count, or a loss without ``reduction``.
@@ -83,6 +107,13 @@ class FinetuneClassifier(LightningModule):
         class_names: list[str] | None = None,
         trust_pickle: bool = False,
         channels_last: bool = False,
+        freeze: FreezeSpec = "none",
+        train_bn: bool = False,
+        head_lr: float | None = None,
+        backbone_lr_mult: float = 1.0,
+        layer_decay: float = 1.0,
+        no_weight_decay_norm_bias: bool = True,
+        cache_features: bool = False,
     ) -> None:
         super().__init__()
         if task not in ("multiclass", "multilabel", "binary"):
@@ -95,6 +126,11 @@ class FinetuneClassifier(LightningModule):
             raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}: they must match.")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
+        if backbone_lr_mult < 0 or not 0 < layer_decay <= 1 or (head_lr is not None and head_lr <= 0):
+            raise ValueError(
+                f"Need head_lr > 0 (or None), backbone_lr_mult >= 0 and 0 < layer_decay <= 1; got head_lr={head_lr}, "
+                f"backbone_lr_mult={backbone_lr_mult}, layer_decay={layer_decay}."
+            )
         # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self.task = task
@@ -111,6 +147,12 @@ class FinetuneClassifier(LightningModule):
 
         self.backbone, self.feature_size = self.build_backbone()
         self.head = self.build_head(self.feature_size)
+        self.head_lr = head_lr
+        self.stages = backbone_stages(self.backbone)
+        self.frozen_parameters = set(freeze_parameters(self, freeze_patterns(freeze, self.stages), train_bn=train_bn))
+        if cache_features and type(self).forward is not FinetuneClassifier.forward:
+            raise ValueError("cache_features=True feeds cached features to the head and bypasses `forward`: leave it off in subclasses that override `forward`.")
+        self.feature_caches = {"train": FeatureCache(), "val": FeatureCache()}
         self.loss = self._prepare_loss(loss)
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         metrics = self.build_metrics()
@@ -153,7 +195,7 @@ class FinetuneClassifier(LightningModule):
         """Class logits of ``images`` (``(N, 3, H, W)``, normalized) and, if asked, their pooled features."""
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        out = self.backbone(images)
+        out = self.backbone_features(images)
         aux = None
         if isinstance(out, tuple):  # inception_v3 in training: (features, aux_logits)
             out, aux = out
@@ -172,8 +214,37 @@ class FinetuneClassifier(LightningModule):
         return loss
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Parameter groups handed to the optimizer (each may set its own ``lr``/``weight_decay``; ``name`` shows in LearningRateMonitor)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "name": "all"}]
+        """Parameter groups handed to the optimizer (each may set its own ``lr``/``weight_decay``; ``name`` shows in LearningRateMonitor).
+
+        Default: ``head``, then ``backbone.stage{i}`` for each stage, each split off a ``.no_decay``
+        group; ``lr_scale`` (LR relative to ``head_lr``) is turned into ``lr`` once the optimizer is built.
+        Parameters frozen by ``freeze`` are left out; those an unfreeze schedule holds are kept.
+        """
+        return parameter_groups(
+            self,
+            self.stages,
+            backbone_lr_mult=self.hparams.backbone_lr_mult,
+            layer_decay=self.hparams.layer_decay,
+            no_weight_decay_norm_bias=self.hparams.no_weight_decay_norm_bias,
+            exclude=self.frozen_parameters,
+        )
+
+    def backbone_is_frozen(self) -> bool:
+        """True when no backbone parameter requires a gradient: the backbone then runs in eval mode under ``no_grad``."""
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def backbone_features(self, images: Tensor) -> Any:
+        """The backbone's output for ``images``; a frozen backbone runs in eval mode without autograd (keeps no activations)."""
+        if not self.backbone_is_frozen():
+            return self.backbone(images)
+        modes = [module.training for module in self.backbone.modules()]
+        self.backbone.eval()
+        try:
+            with torch.no_grad():
+                return self.backbone(images)
+        finally:
+            for module, mode in zip(self.backbone.modules(), modes):
+                module.training = mode
 
     # ------------------------------------------------------------------ helpers
     def _prepare_loss(self, loss: nn.Module | None) -> nn.Module:
@@ -208,9 +279,20 @@ class FinetuneClassifier(LightningModule):
             return logits, target.long()
         return logits, target
 
+    def _cached_forward(self, batch: dict, stage: str) -> dict[str, Tensor]:
+        """Logits from cached features (computed with the frozen backbone on first sight)."""
+        cache, images, index = self.feature_caches[stage], batch[keys.IMAGE], batch[keys.INDEX]
+        if stage == "train" and not cache.verified and bool(cache.is_cached(index).all()):
+            cache.verify(index, self(images, return_features=True)[keys.FEATURES])
+        features = cache.lookup(index, lambda missing: self(images[missing], return_features=True)[keys.FEATURES])
+        return {keys.LOGITS: self.head(features)}
+
+    def _uses_cache(self, batch: dict, stage: str) -> bool:
+        return self.hparams.cache_features and stage in self.feature_caches and keys.INDEX in batch and self.backbone_is_frozen()
+
     def _shared_step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         target = self.prepare_target(batch[keys.TARGET])
-        outputs = self(batch[keys.IMAGE])
+        outputs = self._cached_forward(batch, stage) if self._uses_cache(batch, stage) else self(batch[keys.IMAGE])
         sample_loss = self.compute_loss(outputs, target)
         logits = outputs[keys.LOGITS].detach()
         getattr(self, f"{stage}_loss").update(sample_loss.detach())
@@ -225,6 +307,8 @@ class FinetuneClassifier(LightningModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_fit_start(self) -> None:
+        for cache in self.feature_caches.values():
+            cache.clear()  # the weights may have changed since the last fit
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -262,9 +346,14 @@ class FinetuneClassifier(LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
+        apply_lr_scales(optimizer, self.head_lr)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
+            # The schedule spans the whole run: optimizer steps (interval "step") or epochs.
+            steps = self.trainer.estimated_stepping_batches if self.hparams.scheduler_interval == "step" else self.trainer.max_epochs
+            scheduler.total_steps = int(steps)
         config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor
