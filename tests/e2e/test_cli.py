@@ -1,0 +1,109 @@
+"""The command line end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_finetune.cli import build_cli
+
+CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
+
+
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def write_config(tmp_path: Path, data_root: Path, **trainer) -> Path:
+    config = {
+        "seed_everything": 7,
+        "trainer": {
+            "max_epochs": 2,
+            "accelerator": "cpu",
+            "devices": 1,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "e2e", "default_hp_metric": False},
+            },
+            **trainer,
+        },
+        "model": {"backbone": "resnet18", "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.001}}},
+        "data": {"root": str(data_root), "image_size": 32, "resize_size": 32, "batch_size": 8, "num_workers": 0},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_fit_predict_validate(tmp_path: Path, image_folder: Path) -> None:
+    config = write_config(tmp_path, image_folder)
+    run("fit", "--config", str(config), cwd=tmp_path)
+
+    version = tmp_path / "runs" / "e2e" / "version_0"
+    ckpts = sorted(p.name for p in (version / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts
+    best = next(version / "checkpoints" / name for name in ckpts if name != "last.ckpt")
+    logged = scalars(version)
+    assert len(logged["train/loss"]) == 4  # 16 images / batch 8 * 2 epochs, one value per step
+    assert len(logged["val/acc"]) == 2 and {"val/loss", "val/f1", "train/loss_epoch", "train/acc"} <= set(logged)
+    assert any(tag.startswith("lr-AdamW") for tag in logged) and any("momentum" in tag for tag in logged)
+
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["class_names"] == ["cat", "dog"]
+    assert ckpt["class_names"] == ["cat", "dog"]
+    best_epoch = ckpt["epoch"]
+    best_acc = dict(logged["val/acc"])[ckpt["global_step"] - 1]
+    assert f"acc{best_acc:.4f}" in best.name and best_epoch in (0, 1)
+
+    preds = tmp_path / "preds.csv"
+    run("predict", "--config", str(config), "--ckpt_path", str(best), "--predictions.output_path", str(preds), cwd=tmp_path)
+    rows = list(csv.DictReader(preds.open()))
+    assert len(rows) == 8
+    assert {r["pred_class"] for r in rows} <= {"cat", "dog"}
+    assert all(0.5 <= float(r["probability"]) <= 1.0 and Path(r["path"]).is_file() for r in rows)
+
+    run("validate", "--config", str(config), "--ckpt_path", str(best), cwd=tmp_path)
+    validated = scalars(tmp_path / "runs" / "e2e" / "version_2")["val/acc"]
+    assert validated[0][1] == pytest.approx(best_acc, abs=1e-6)
+
+
+def test_python_cli_py_runs_the_same_cli(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, str(root / "cli.py"), "fit", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--model.backbone" in result.stdout and "--checkpoint.monitor" in result.stdout
+
+
+def test_overfit_one_batch_drives_the_loss_to_zero(tmp_path: Path, image_folder: Path) -> None:
+    config = write_config(tmp_path, image_folder)
+    root = Path(__file__).resolve().parents[2]
+    cli = build_cli(["fit", "--config", str(config), "--config", str(root / "configs" / "overfit_one_batch.yaml")])
+    assert cli.trainer.overfit_batches == 1
+    assert cli.trainer.callback_metrics["train/loss"] < 0.05
+
+
+def test_bf16_mixed_fit_runs_on_cpu(tmp_path: Path, image_folder: Path) -> None:
+    config = write_config(tmp_path, image_folder, max_epochs=1)
+    root = Path(__file__).resolve().parents[2]
+    args = ["fit", "--config", str(config), "--config", str(root / "configs" / "amp.yaml"), "--trainer.precision", "bf16-mixed"]
+    cli = build_cli(args)
+    assert cli.trainer.precision == "bf16-mixed"
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    assert cli.trainer.state.finished
