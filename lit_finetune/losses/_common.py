@@ -21,7 +21,7 @@ import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Callable, Literal, Optional, Union
+from typing import Callable, Literal, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +149,17 @@ def _compute_dtype(preds: Tensor) -> torch.dtype:
     return torch.float32
 
 
+class _Inputs(NamedTuple):
+    preds: Tensor
+    """``(N, C, S)``, at least float32."""
+    target: Tensor
+    """``(N, C, S)`` one-hot or soft labels in the dtype of ``preds``, zero where ignored."""
+    valid: Tensor
+    """Boolean mask, ``(N, 1, S)`` (binary, multiclass) or ``(N, C, S)`` (multilabel)."""
+    hard: bool
+    """The labels are known to be 0/1 (integer or boolean targets, class indices)."""
+
+
 def _format_inputs(
     preds: Tensor,
     target: Tensor,
@@ -156,12 +167,11 @@ def _format_inputs(
     num_classes: Optional[int],
     ignore_index: Optional[int],
     validate_args: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Check shapes and return ``preds`` and ``target`` as ``(N, C, S)`` and a mask of valid entries.
+) -> _Inputs:
+    """Check shapes and return ``preds``, ``target`` and the mask of valid entries as ``(N, C, S)``.
 
-    ``preds`` is upcast to at least float32. ``target`` is a float tensor of one-hot or soft labels
-    with zeros where it is ignored. The mask has shape ``(N, 1, S)`` (binary, multiclass) or
-    ``(N, C, S)`` (multilabel, where ``ignore_index`` applies per label).
+    ``ignore_index`` applies per pixel for binary and multiclass targets and per label for
+    multilabel targets.
     """
     if not isinstance(preds, Tensor) or not isinstance(target, Tensor):
         raise TypeError(f"`preds` and `target` must be tensors, got {type(preds).__name__} and {type(target).__name__}.")
@@ -189,9 +199,7 @@ def _check_unit_range(target: Tensor, valid: Tensor, task: str, ignore_index: Op
         raise ValueError(f"For task={task!r}, `target` values must lie in [0, 1], found {value}.{hint}")
 
 
-def _format_binary(
-    preds: Tensor, target: Tensor, ignore_index: Optional[int], validate_args: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+def _format_binary(preds: Tensor, target: Tensor, ignore_index: Optional[int], validate_args: bool) -> _Inputs:
     squeezed = preds.ndim >= 2 and preds.shape[1] == 1 and target.shape == preds.shape[:1] + preds.shape[2:]
     if target.shape != preds.shape and not squeezed:
         raise ValueError(
@@ -203,8 +211,9 @@ def _format_binary(
     valid = _valid_mask(target, ignore_index)
     if validate_args:
         _check_unit_range(target, valid, "binary", ignore_index)
+    hard = not target.is_floating_point()
     target = torch.where(valid, target.to(preds.dtype), 0.0)
-    return preds.reshape(n, 1, -1), target, valid
+    return _Inputs(preds.reshape(n, 1, -1), target, valid, hard)
 
 
 def _check_channels(preds: Tensor, num_classes: Optional[int], task: str) -> None:
@@ -221,7 +230,7 @@ def _check_channels(preds: Tensor, num_classes: Optional[int], task: str) -> Non
 
 def _format_multilabel(
     preds: Tensor, target: Tensor, num_classes: Optional[int], ignore_index: Optional[int], validate_args: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> _Inputs:
     _check_channels(preds, num_classes, "multilabel")
     if target.shape != preds.shape:
         raise ValueError(
@@ -233,29 +242,32 @@ def _format_multilabel(
     valid = _valid_mask(target, ignore_index)
     if validate_args:
         _check_unit_range(target, valid, "multilabel", ignore_index)
+    hard = not target.is_floating_point()
     target = torch.where(valid, target.to(preds.dtype), 0.0)
-    return preds.reshape(n, c, -1), target, valid
+    return _Inputs(preds.reshape(n, c, -1), target, valid, hard)
 
 
 def _format_multiclass(
     preds: Tensor, target: Tensor, num_classes: Optional[int], ignore_index: Optional[int], validate_args: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> _Inputs:
     _check_channels(preds, num_classes, "multiclass")
     n, c = preds.shape[:2]
     index_shape = preds.shape[:1] + preds.shape[2:]
     if target.shape == index_shape:
-        return preds.reshape(n, c, -1), *_one_hot(target.reshape(n, -1), c, ignore_index, validate_args, preds.dtype)
+        one_hot, valid = _one_hot(target.reshape(n, -1), c, ignore_index, validate_args, preds.dtype)
+        return _Inputs(preds.reshape(n, c, -1), one_hot, valid, True)
     if target.shape == preds.shape:
         if ignore_index is not None:
             raise ValueError(
                 "`ignore_index` applies to class-index targets; with one-hot/soft targets of shape "
                 f"{tuple(preds.shape)} pass class indices of shape {tuple(index_shape)} instead."
             )
+        hard = not target.is_floating_point()
         target = target.reshape(n, c, -1).to(preds.dtype)
         valid = torch.ones((n, 1, target.shape[-1]), dtype=torch.bool, device=target.device)
         if validate_args:
             _check_unit_range(target, valid.expand_as(target), "multiclass", None)
-        return preds.reshape(n, c, -1), target, valid
+        return _Inputs(preds.reshape(n, c, -1), target, valid, hard)
     raise ValueError(
         f"For task='multiclass', `target` must hold class indices of shape {tuple(index_shape)} or "
         f"one-hot/soft labels of shape {tuple(preds.shape)}, got {tuple(target.shape)}."
@@ -272,13 +284,19 @@ def _one_hot(
             "labels with the shape of `preds` for float targets."
         )
     valid = _valid_mask(target, ignore_index)
-    safe = torch.where(valid, target, 0).long()
-    if validate_args and safe.numel() and (safe.min() < 0 or safe.max() >= num_classes):
-        bad = safe[(safe < 0) | (safe >= num_classes)][0].item()
-        hint = "" if ignore_index is not None else " Set `ignore_index` if this value marks pixels to ignore."
-        raise ValueError(f"`target` holds class index {bad} but `preds` has {num_classes} classes (0..{num_classes - 1}).{hint}")
-    one_hot = F.one_hot(safe, num_classes).permute(0, 2, 1).to(dtype)
-    return one_hot * valid.unsqueeze(1), valid.unsqueeze(1)
+    safe = target.long() if ignore_index is None else torch.where(valid, target, 0).long()
+    if validate_args and safe.numel():
+        low, high = torch.aminmax(safe)
+        if low < 0 or high >= num_classes:
+            bad = safe[(safe < 0) | (safe >= num_classes)][0].item()
+            hint = "" if ignore_index is not None else " Set `ignore_index` if this value marks pixels to ignore."
+            raise ValueError(
+                f"`target` holds class index {bad} but `preds` has {num_classes} classes (0..{num_classes - 1}).{hint}"
+            )
+    valid = valid.unsqueeze(1)
+    one_hot = torch.zeros((safe.shape[0], num_classes, safe.shape[1]), dtype=dtype, device=safe.device)
+    one_hot.scatter_(1, safe.unsqueeze(1), valid.to(dtype))
+    return one_hot, valid
 
 
 def _probabilities(preds: Tensor, task: str, from_logits: bool) -> Tensor:

@@ -95,11 +95,13 @@ def _overlap_update(
     """Per-sample, per-class statistics ``(N, C)``: intersection, prediction sum, target sum and
     the number of valid (not ignored) entries."""
     with full_precision(preds.device):
-        preds, target, valid = _format_inputs(preds, target, task, num_classes, ignore_index, validate_args)
-        probs = _probabilities(preds, task, from_logits) * valid
+        preds, target, valid, hard = _format_inputs(preds, target, task, num_classes, ignore_index, validate_args)
+        probs = _probabilities(preds, task, from_logits)
+        if ignore_index is not None:
+            probs = probs * valid
         pred_sum = probs.sum(dim=-1)
         target_sum = target.sum(dim=-1)
-        intersection = _soft_intersection(probs, target).sum(dim=-1)
+        intersection = (probs * target if hard else _soft_intersection(probs, target)).sum(dim=-1)
         count = valid.sum(dim=-1).to(pred_sum.dtype).expand_as(pred_sum)
         stats = {"intersection": intersection, "pred_sum": pred_sum, "target_sum": target_sum, "valid": count}
         if task == "multiclass" and not include_background:

@@ -111,7 +111,7 @@ def _pixelwise_update(
     the normalisation of ``torch.nn.functional.cross_entropy(weight=...)``.
     """
     with full_precision(preds.device):
-        preds, target, valid = _format_inputs(preds, target, task, num_classes, ignore_index, validate_args)
+        preds, target, valid, _ = _format_inputs(preds, target, task, num_classes, ignore_index, validate_args)
         weights = _resolve_class_weights(class_weights, preds.shape[1], preds)
         if task == "multiclass":
             terms = _softmax_element_loss(preds, target, valid, from_logits, gamma, label_smoothing)
@@ -123,7 +123,9 @@ def _pixelwise_update(
         element_weights = valid.to(terms.dtype)
         if weights is not None:
             element_weights = element_weights * weights.view(1, -1, 1)
-        terms = torch.where(valid, terms, 0.0) * element_weights
+        if ignore_index is not None:
+            terms = torch.where(valid, terms, 0.0)
+        terms = terms * element_weights
         return {"loss_sum": terms.sum(dim=(1, 2)), "weight_sum": element_weights.sum(dim=(1, 2))}
 
 
