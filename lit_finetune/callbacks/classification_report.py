@@ -1,0 +1,266 @@
+"""Confusion matrix, PR curves, AUROC, per-class accuracy and confidence histograms of each validation epoch.
+
+All statistics are torchmetrics states reduced by sum across DDP ranks; PR curves and AUROC use
+binned thresholds, so memory does not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from torchmetrics import AUROC, Accuracy, ConfusionMatrix, Metric, MetricCollection, PrecisionRecallCurve
+from typing_extensions import override
+
+from lit_finetune import keys
+from lit_finetune.callbacks._images import class_label
+from lit_finetune.callbacks._tensorboard import has_tensorboard, tensorboard_writer
+
+
+class ConfidenceHistogram(Metric):
+    """Counts of the predicted-class probability in ``bins`` equal bins of ``[0, 1]``, for right and wrong predictions."""
+
+    full_state_update = False
+
+    def __init__(self, bins: int = 20) -> None:
+        super().__init__()
+        self.bins = bins
+        self.add_state("correct", torch.zeros(bins), dist_reduce_fx="sum")
+        self.add_state("wrong", torch.zeros(bins), dist_reduce_fx="sum")
+
+    def update(self, prob: Tensor, is_correct: Tensor) -> None:
+        idx = (prob.float() * self.bins).long().clamp(0, self.bins - 1)
+        self.correct += torch.bincount(idx[is_correct], minlength=self.bins).float()
+        self.wrong += torch.bincount(idx[~is_correct], minlength=self.bins).float()
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"correct": self.correct, "wrong": self.wrong}
+
+
+class ClassificationReport(Callback):
+    """Log a classification report of every validation epoch to TensorBoard (rank zero writes, all ranks reduce).
+
+    Logged (multiclass and binary): ``report/confusion_matrix`` (figure, counts in the cells up to
+    ``max_annotated_classes`` classes) and ``report/confusion_matrix_counts`` (text table),
+    ``report/pr_curve/<class>`` (TensorBoard PR curves, up to ``max_pr_curves`` classes),
+    ``report/auroc/<class>`` and ``report/auroc_macro``, ``report/acc/<class>`` (per-class accuracy),
+    ``report/max_prob_correct`` / ``report/max_prob_wrong`` (histograms of the predicted-class
+    probability) and ``report/most_confused`` (text: the most frequent true -> predicted mistakes).
+    Multilabel tasks get the per-label PR curves, AUROC, accuracy and histograms.
+
+    Args:
+        every_n_epochs: report on every n-th validation epoch (statistics are gathered on those only).
+        num_thresholds: bins of the PR curves and AUROC (memory ``num_thresholds * classes * 4`` counts).
+        top_confused: rows of the most-confused table.
+        max_annotated_classes: write counts into the figure's cells up to this many classes.
+        max_pr_curves: PR curves for the first this many classes.
+        histogram_bins: bins of the probability histograms.
+
+    Raises:
+        ValueError: a count out of range.
+
+    Example::
+
+        trainer = Trainer(callbacks=[ClassificationReport(num_thresholds=100)])
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        num_thresholds: int = 50,
+        top_confused: int = 10,
+        max_annotated_classes: int = 20,
+        max_pr_curves: int = 20,
+        histogram_bins: int = 20,
+    ) -> None:
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"`every_n_epochs` must be >= 1, got {every_n_epochs}.")
+        if not 2 <= num_thresholds <= 1000:
+            raise ValueError(f"`num_thresholds` must be between 2 and 1000, got {num_thresholds}.")
+        for name, value in (("top_confused", top_confused), ("max_pr_curves", max_pr_curves), ("histogram_bins", histogram_bins)):
+            if value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value}.")
+        if max_annotated_classes < 0:
+            raise ValueError(f"`max_annotated_classes` must be >= 0, got {max_annotated_classes}.")
+        self.every_n_epochs = every_n_epochs
+        self.num_thresholds = num_thresholds
+        self.top_confused = top_confused
+        self.max_annotated_classes = max_annotated_classes
+        self.max_pr_curves = max_pr_curves
+        self.histogram_bins = histogram_bins
+        self._enabled = True
+        self.metrics: MetricCollection | None = None
+        self.confusion: Tensor | None = None
+        """The confusion matrix logged last (rows: true class, columns: predicted), on the CPU."""
+
+    # ------------------------------------------------------------------ setup
+    def _build(self, task: str, num_classes: int) -> MetricCollection:
+        args: dict[str, Any] = {"task": task}
+        if task == "multiclass":
+            args["num_classes"] = num_classes
+        elif task == "multilabel":
+            args["num_labels"] = num_classes
+        per_class = {} if task == "binary" else {"average": None}
+        metrics: dict[str, Metric] = {
+            "pr": PrecisionRecallCurve(**args, thresholds=self.num_thresholds),
+            "auroc": AUROC(**args, **per_class, thresholds=self.num_thresholds),
+            "acc": Accuracy(**args, **per_class),
+            "hist": ConfidenceHistogram(self.histogram_bins),
+        }
+        if task != "multilabel":
+            metrics["confusion"] = ConfusionMatrix(**args)
+        # Each metric keeps its own state: compute groups would share it across different metrics.
+        return MetricCollection(metrics, compute_groups=False)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._enabled = has_tensorboard(trainer, type(self).__name__)
+        self.task = getattr(pl_module, "task", "multiclass")
+        self.num_classes = int(getattr(pl_module, "num_classes"))
+        self.metrics = self._build(self.task, self.num_classes).to(pl_module.device)
+
+    def _active(self, trainer: Trainer) -> bool:
+        return self._enabled and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.metrics is not None:
+            self.metrics.to(pl_module.device).reset()
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not self._active(trainer) or self.metrics is None or not isinstance(outputs, dict):
+            return
+        logits, target = outputs[keys.LOGITS].float(), outputs[keys.TARGET]
+        if self.task == "multiclass":
+            probs = logits.softmax(dim=1)
+            prob, pred = probs.max(dim=1)
+            correct = pred == target
+        else:
+            probs = logits.sigmoid()
+            if self.task == "binary":
+                probs, target = probs.reshape(-1), target.reshape(-1)
+                pred = probs > 0.5
+                prob = torch.where(pred, probs, 1 - probs)
+                correct = pred == target.bool()
+            else:
+                prob, correct = (probs - 0.5).abs() + 0.5, (probs > 0.5) == target.bool()
+                prob, correct = prob.flatten(), correct.flatten()
+        target = target.long()
+        for name, metric in self.metrics.items():
+            if name == "hist":
+                metric.update(prob, correct)
+            else:
+                metric.update(probs, target)
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._active(trainer) or self.metrics is None:
+            return
+        results = {name: metric.compute() for name, metric in self.metrics.items()}  # collectives on every rank
+        pr_state = self._pr_counts()  # likewise
+        writer = tensorboard_writer(trainer)
+        if writer is None:
+            return
+        step = trainer.global_step
+        names = [class_label(i, getattr(pl_module, "class_names", None)) for i in range(self.num_classes)]
+        if self.task == "binary":
+            names = [names[-1]]
+        self._log_per_class(writer, step, names, results)
+        self._log_pr_curves(writer, step, names, pr_state)
+        hist = results["hist"]
+        edges = torch.linspace(0, 1, self.histogram_bins + 1)
+        for kind in ("correct", "wrong"):
+            _add_histogram(writer, f"report/max_prob_{kind}", hist[kind].cpu(), edges, step)
+        if "confusion" in results:
+            self.confusion = results["confusion"].cpu().long()
+            self._log_confusion(writer, step, self.confusion, names if self.task == "multiclass" else ["0", "1"])
+
+    # ------------------------------------------------------------------ writers
+    def _pr_counts(self) -> Tensor:
+        """Per threshold and class ``[[TN, FP], [FN, TP]]`` counts, summed over ranks: ``(T, C, 2, 2)``."""
+        metric = self.metrics["pr"]
+        with metric.sync_context():
+            confmat = metric.confmat.detach().clone()
+        return confmat.reshape(confmat.shape[0], -1, 2, 2).cpu()
+
+    def _log_per_class(self, writer: Any, step: int, names: list[str], results: dict[str, Any]) -> None:
+        auroc = results["auroc"].reshape(-1).cpu()
+        acc = results["acc"].reshape(-1).cpu()
+        writer.add_scalar("report/auroc_macro", float(auroc.nanmean()), step)
+        for i, name in enumerate(names[: self.max_pr_curves]):
+            writer.add_scalar(f"report/auroc/{name}", float(auroc[i]), step)
+            writer.add_scalar(f"report/acc/{name}", float(acc[i]), step)
+
+    def _log_pr_curves(self, writer: Any, step: int, names: list[str], counts: Tensor) -> None:
+        for i, name in enumerate(names[: self.max_pr_curves]):
+            tn, fp, fn, tp = (counts[:, i, r, c].double() for r, c in ((0, 0), (0, 1), (1, 0), (1, 1)))
+            precision = torch.where(tp + fp > 0, tp / (tp + fp).clamp_min(1), torch.ones_like(tp))
+            recall = tp / (tp + fn).clamp_min(1)
+            writer.add_pr_curve_raw(
+                f"report/pr_curve/{name}", tp.numpy(), fp.numpy(), tn.numpy(), fn.numpy(), precision.numpy(), recall.numpy(), step,
+                num_thresholds=len(tp),
+            )
+
+    def _log_confusion(self, writer: Any, step: int, confusion: Tensor, names: list[str]) -> None:
+        writer.add_figure("report/confusion_matrix", confusion_figure(confusion, names, annotate=len(names) <= self.max_annotated_classes), step)
+        header = "| true \\ pred | " + " | ".join(names) + " |\n|" + "---|" * (len(names) + 1) + "\n"
+        rows = "\n".join(f"| {names[i]} | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(confusion.tolist()))
+        writer.add_text("report/confusion_matrix_counts", header + rows, step)
+        off = confusion.clone()
+        off.fill_diagonal_(0)
+        count = min(self.top_confused, int((off > 0).sum()))
+        values, flat = off.flatten().topk(count) if count else (torch.empty(0), torch.empty(0, dtype=torch.long))
+        table = "| true | predicted | count |\n|---|---|---|\n" + "\n".join(
+            f"| {names[int(f) // len(names)]} | {names[int(f) % len(names)]} | {int(v)} |" for v, f in zip(values, flat)
+        )
+        writer.add_text("report/most_confused", table if count else "No mistakes.", step)
+
+
+def confusion_figure(confusion: Tensor, names: list[str], annotate: bool = True) -> Any:
+    """A matplotlib figure of a confusion matrix, colored by row-normalized counts (at most about 800 px)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    size = min(10.0, 2.0 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=80)
+    rates = confusion.float() / confusion.sum(dim=1, keepdim=True).clamp_min(1)
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ticks = range(n) if n <= 50 else []
+    ax.set_xticks(list(ticks), [names[i] for i in ticks], rotation=90 if n > 10 else 0, fontsize=8)
+    ax.set_yticks(list(ticks), [names[i] for i in ticks], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if annotate:
+        for (i, j), value in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(), confusion.flatten().tolist()):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def _add_histogram(writer: Any, tag: str, counts: Tensor, edges: Tensor, step: int) -> None:
+    centers = (edges[:-1] + edges[1:]) / 2
+    total = float(counts.sum())
+    if total == 0:
+        return
+    writer.add_histogram_raw(
+        tag,
+        min=float(edges[0]),
+        max=float(edges[-1]),
+        num=total,
+        sum=float((centers * counts).sum()),
+        sum_squares=float((centers.square() * counts).sum()),
+        bucket_limits=edges[1:].tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
