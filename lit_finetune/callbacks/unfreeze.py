@@ -157,7 +157,7 @@ class UnfreezeSchedule(BaseFinetuning):
         stages = backbone_stages(backbone)
         self.unfreeze_epoch = self.plan(len(stages))
         modules = dict(backbone.named_modules())
-        for index in self.unfreeze_epoch:
+        for index in range(len(stages)):
             names = set(stages[index])
             norms = [m for name, m in modules.items() if isinstance(m, _BatchNorm) and f"{name}.weight" in names]
             kept = {id(p) for m in norms for p in m.parameters()} if self.train_bn else set()
@@ -165,7 +165,7 @@ class UnfreezeSchedule(BaseFinetuning):
             self._stage_members[index] = {id(p) for n, p in backbone.named_parameters() if n in names}
             self._stage_batchnorms[index] = norms
         self._frozen = set()
-        for index in self.unfreeze_epoch:
+        for index in range(len(stages)):  # stages left out of the plan stay frozen for the whole run
             self._freeze_stage(index)
 
     def _freeze_stage(self, index: int) -> None:
@@ -189,7 +189,7 @@ class UnfreezeSchedule(BaseFinetuning):
         # No parameter groups to restore (the optimizer never changes shape), so BaseFinetuning's is skipped.
         optimizer = trainer.optimizers[0]
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = [i for i, params in self._stage_params.items() if any(id(p) not in in_optimizer for p in params)]
+        missing = [i for i in self.unfreeze_epoch if any(id(p) not in in_optimizer for p in self._stage_params[i])]
         if missing:
             raise ValueError(
                 f"Backbone stages {sorted(missing)} are scheduled by UnfreezeSchedule but not in the optimizer. "
@@ -205,7 +205,7 @@ class UnfreezeSchedule(BaseFinetuning):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.finetune_function(pl_module, trainer.current_epoch, trainer.optimizers[0])
         trainable = sum(1 for index in self.unfreeze_epoch if index not in self._frozen)
-        pl_module.log("unfreeze/trainable_stages", float(trainable), on_step=False, on_epoch=True)
+        pl_module.log("unfreeze/trainable_stages", float(trainable), on_step=False, on_epoch=True, sync_dist=True)
 
     @override
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:
