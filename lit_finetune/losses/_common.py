@@ -133,10 +133,14 @@ def _check_class_weights(class_weights: ClassWeights, task: str, num_classes: Op
 # Input formatting
 # --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
-    """Disable autocast on ``device`` so that everything inside runs in the inputs' dtype."""
-    if torch.amp.is_autocast_available(device.type):
-        with torch.autocast(device.type, enabled=False):
+def full_precision(preds: Tensor, target: Tensor) -> Iterator[None]:
+    """Check that the inputs are tensors and disable autocast on their device, so that
+    everything inside runs in the dtype the loss chooses (float32 or float64)."""
+    if not isinstance(preds, Tensor) or not isinstance(target, Tensor):
+        raise TypeError(f"`preds` and `target` must be tensors, got {type(preds).__name__} and {type(target).__name__}.")
+    device_type = preds.device.type
+    if torch.amp.is_autocast_available(device_type):
+        with torch.autocast(device_type, enabled=False):
             yield
     else:
         yield
@@ -173,8 +177,6 @@ def _format_inputs(
     ``ignore_index`` applies per pixel for binary and multiclass targets and per label for
     multilabel targets.
     """
-    if not isinstance(preds, Tensor) or not isinstance(target, Tensor):
-        raise TypeError(f"`preds` and `target` must be tensors, got {type(preds).__name__} and {type(target).__name__}.")
     if preds.ndim == 0 or preds.shape[0] == 0:
         raise ValueError(f"`preds` must have a non-empty batch dimension first, got shape {tuple(preds.shape)}.")
     preds = preds.to(_compute_dtype(preds))

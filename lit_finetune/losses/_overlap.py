@@ -94,7 +94,7 @@ def _overlap_update(
 ) -> Statistics:
     """Per-sample, per-class statistics ``(N, C)``: intersection, prediction sum, target sum and
     the number of valid (not ignored) entries."""
-    with full_precision(preds.device):
+    with full_precision(preds, target):
         preds, target, valid, hard = _format_inputs(preds, target, task, num_classes, ignore_index, validate_args)
         probs = _probabilities(preds, task, from_logits)
         if ignore_index is not None:

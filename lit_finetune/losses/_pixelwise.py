@@ -110,7 +110,7 @@ def _pixelwise_update(
     ``w[c]`` (sigmoid outputs) or ``sum_c w[c] t[c]`` (softmax; ``w[target]`` for class indices),
     the normalisation of ``torch.nn.functional.cross_entropy(weight=...)``.
     """
-    with full_precision(preds.device):
+    with full_precision(preds, target):
         preds, target, valid, _ = _format_inputs(preds, target, task, num_classes, ignore_index, validate_args)
         weights = _resolve_class_weights(class_weights, preds.shape[1], preds)
         if task == "multiclass":

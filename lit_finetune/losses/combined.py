@@ -39,6 +39,18 @@ class _CrossEntropyDiceLoss(StatisticsLoss):
         self.dice = dice
         self.ce_weight = ce_weight
         self.dice_weight = dice_weight
+        # The shared options, readable on the combined loss as on its terms.
+        self.task = dice.task
+        self.num_classes = dice.num_classes
+        self.from_logits = dice.from_logits
+        self.ignore_index = dice.ignore_index
+        self.include_background = dice.include_background
+        self.label_smoothing = ce.label_smoothing
+        self.smooth = dice.smooth
+        self.eps = dice.eps
+        self.log_loss = dice.log_loss
+        self.empty_target = dice.empty_target
+        self.validate_args = dice.validate_args
 
     def _terms(self) -> tuple[tuple[str, StatisticsLoss, float], ...]:
         return (("ce_", self.ce, self.ce_weight), ("dice_", self.dice, self.dice_weight))
@@ -149,6 +161,11 @@ class BCEDiceLoss(_CrossEntropyDiceLoss):
             aggregation, empty_target, reduction, validate_args,
         )  # fmt: skip
         super().__init__(ce, dice, bce_weight, dice_weight)
+
+    @property
+    def bce_weight(self) -> float:
+        """Weight of the binary cross-entropy term."""
+        return self.ce_weight
 
 
 class CEDiceLoss(_CrossEntropyDiceLoss):
