@@ -10,12 +10,17 @@ Each is configurable: ``--checkpoint.monitor val/loss``, ``--lr_monitor.logging_
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_finetune.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
+from lit_finetune.callbacks.resumable_checkpoint import ResumableModelCheckpoint
+from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
 from lit_finetune.data.datamodule import ImageFolderDataModule
 from lit_finetune.module import FinetuneClassifier
 
@@ -25,14 +30,45 @@ TRAINER_DEFAULTS = {
         "init_args": {"save_dir": "runs", "name": "lit_finetune", "default_hp_metric": False},
     },
     "max_epochs": 10,
+    # Checkpoints are written to a temporary file next to the target and renamed: never half-written.
+    "plugins": [{"class_path": "lit_finetune.checkpoints.AtomicCheckpointIO"}],
 }
+EXTRA_SUBCOMMANDS = {
+    "export": "Export a checkpoint for inference (weights, model.json, TorchScript/ONNX).",
+    "check-data": "Find unreadable images under a data folder.",
+}
+
+log = logging.getLogger(__name__)
+
+
+def resume_logger_version(config) -> None:
+    """For ``--ckpt_path last``: continue the newest run of the configured logger that has a ``last*.ckpt``.
+
+    Lightning looks for ``last.ckpt`` in the checkpoint folder of the *current* run, and every run of
+    a TensorBoard/CSV logger without a fixed ``version`` gets a new folder, so ``last`` would find
+    nothing. This sets the logger's ``version`` to the newest ``version_*`` folder holding a last
+    checkpoint, so that the run resumes from it and keeps logging there.
+    """
+    if config.get("checkpoint") and config.checkpoint.get("dirpath"):
+        return
+    logger = config.trainer.get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    init_args = getattr(logger, "init_args", None)
+    if init_args is None or init_args.get("version") is not None or init_args.get("save_dir") is None:
+        return
+    root = Path(init_args.save_dir) / (init_args.get("name") or "")
+    runs = [ckpt for ckpt in root.glob("*/checkpoints/last*.ckpt")]
+    if runs:
+        newest = max(runs, key=lambda p: p.stat().st_mtime)
+        init_args.version = newest.parent.parent.name
+        log.info("--ckpt_path last: resuming %s", newest.parent.parent)
 
 
 class FinetuneCLI(LightningCLI):
     """LightningCLI that links data and model options and adds the default callbacks."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -45,12 +81,19 @@ class FinetuneCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.log_momentum": True, "lr_monitor.log_weight_decay": True})
         parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
+        parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
+        parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         # The data module picks default transforms from the model's weights ...
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("model.weights", "data.weights")
         # ... and the model learns its classes from the data.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        if config is not None and config.get("ckpt_path") == "last":
+            resume_logger_version(config)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> FinetuneCLI:
@@ -67,7 +110,22 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FinetuneCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``lit-finetune`` and ``python cli.py``."""
+    """Entry point of ``lit-finetune`` and ``python cli.py``.
+
+    ``export`` and ``check-data`` have parsers of their own; ``fit``, ``validate``, ``test`` and
+    ``predict`` go to LightningCLI.
+    """
+    args = sys.argv[1:] if args is None else list(args)
+    if args and args[0] == "export":
+        from lit_finetune.export import main as export_main
+
+        sys.exit(export_main(args[1:]))
+    if args and args[0] == "check-data":
+        from lit_finetune.data.check import main as check_main
+
+        sys.exit(check_main(args[1:]))
+    if args and args[0] in ("-h", "--help"):
+        print("Other subcommands:\n" + "\n".join(f"  {name:<12}{text} (`lit-finetune {name} --help`)" for name, text in EXTRA_SUBCOMMANDS.items()) + "\n")
     build_cli(args)
 
 

@@ -6,12 +6,16 @@ import logging
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
+from lit_finetune.data.check import find_bad_images, format_report
 from lit_finetune.data.demo import write_digits
 from lit_finetune.data.folder import ImageDataset, list_images, scan_image_folder
 from lit_finetune.data import transforms as tfm
@@ -65,6 +69,11 @@ class ImageFolderDataModule(LightningDataModule):
         eval_transform: a full replacement of the evaluation pipeline.
         predict_root: folder of images to predict (recursively, any layout); None: the validation set.
         demo: ``"digits"`` writes scikit-learn's digits as PNG class folders into ``root`` if missing.
+        check_images: decode every image once at set-up (in threads, JPEGs at reduced scale) to find
+            unreadable files before training; turn off for very large data sets that are known good.
+        bad_images: what to do with unreadable files (empty, truncated, corrupt, not images) found by that
+            scan: ``"skip"`` them with a warning that lists them, or ``"error"``: stop before training.
+            ``lit-finetune check-data <root>`` lists them without training.
 
     Raises:
         FileNotFoundError: ``root`` or ``predict_root`` does not exist.
@@ -97,6 +106,8 @@ class ImageFolderDataModule(LightningDataModule):
         eval_transform: nn.Module | None = None,
         predict_root: str | None = None,
         demo: str | None = None,
+        check_images: bool = True,
+        bad_images: Literal["skip", "error"] = "skip",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -107,6 +118,8 @@ class ImageFolderDataModule(LightningDataModule):
             raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}.")
         if demo not in (None, "digits"):
             raise ValueError(f"Unknown demo data set '{demo}'; the one available is 'digits'.")
+        if bad_images not in ("skip", "error"):
+            raise ValueError(f"`bad_images` must be 'skip' or 'error', got {bad_images!r}.")
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
         if demo == "digits":
@@ -151,7 +164,29 @@ class ImageFolderDataModule(LightningDataModule):
         resize = resize_size or (round(crop * pre.resize_size / pre.crop_size) if image_size else pre.resize_size)
         return Preprocessing(resize, crop, tuple(mean or pre.mean), tuple(std or pre.std))
 
+    def _drop_bad_images(self) -> None:
+        """Scan all samples once; skip the unreadable ones or raise, as ``bad_images`` says."""
+        if not self.hparams.check_images or getattr(self, "bad_files", None) is not None:
+            return
+        lists = {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}
+        paths = [path for samples in lists.values() for path, _ in samples]
+        bad = find_bad_images(paths)
+        self.bad_files = bad
+        if not bad:
+            return
+        report = format_report(bad, len(paths))
+        if self.hparams.bad_images == "error":
+            raise ValueError(f"{report}\nFix or remove these files, or set `data.bad_images: skip` to train without them.")
+        rank_zero_warn(f"{report}\nThese files are skipped (`data.bad_images: skip`).")
+        bad_paths = {b.path for b in bad}
+        for name, samples in lists.items():
+            kept = [s for s in samples if s[0] not in bad_paths]
+            if samples and not kept:
+                raise ValueError(f"Every {name} image under '{self.root}' is unreadable: {report}")
+            setattr(self, f"{name}_samples", kept)
+
     def setup(self, stage: str) -> None:
+        self._drop_bad_images()
         self.train_set = ImageDataset(self.train_samples, self.train_transform)
         self.val_set = ImageDataset(self.val_samples, self.eval_transform)
         self.test_set = ImageDataset(self.test_samples, self.eval_transform)
@@ -162,11 +197,25 @@ class ImageFolderDataModule(LightningDataModule):
         if stage == "test" and not self.test_samples:
             raise FileNotFoundError(f"No test/ folder under '{self.root}': add test/<class>/<images> to run `test`.")
 
+    def _eval_sampler(self, dataset: ImageDataset) -> Sampler | None:
+        """Under DDP, a sampler that gives each sample to exactly one process (no padding).
+
+        Lightning's default ``DistributedSampler`` pads the last batches with repeated samples so that every
+        process has as many; repeated samples would bias validation and test metrics.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        if len(dataset) < trainer.world_size:
+            raise ValueError(f"{len(dataset)} evaluation images for {trainer.world_size} processes: every process needs at least one.")
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+
     def _loader(self, dataset: ImageDataset, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else self._eval_sampler(dataset),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

@@ -1,0 +1,55 @@
+"""``ModelCheckpoint`` that refreshes ``last.ckpt`` at every epoch end, improved or not."""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+from typing_extensions import override
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest finished epoch.
+
+    Since Lightning 2.5, ``save_last=True`` writes ``last.ckpt`` only when a top-k checkpoint was written at
+    the same step: when the monitored metric does not improve, ``last.ckpt`` keeps an older epoch and
+    ``--ckpt_path last`` silently repeats epochs (or, with ``max_epochs`` reached, trains nothing new). This
+    subclass also writes ``last.ckpt`` at every epoch-end save point where the parent skipped it. All
+    arguments are those of ``ModelCheckpoint``.
+
+    Example::
+
+        checkpoint = ResumableModelCheckpoint(monitor="val/acc", mode="max", save_last=True)
+    """
+
+    _last_saved_step: int = -1
+
+    @override
+    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_saved_step = trainer.global_step
+
+    def _refresh_last(self, trainer: Trainer) -> None:
+        if (
+            self.save_last
+            and trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and not trainer.fast_dev_run
+            and self._last_saved_step != trainer.global_step
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        due = not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer)
+        super().on_validation_end(trainer, pl_module)
+        if due:
+            self._refresh_last(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        due = not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+        if due:
+            self._refresh_last(trainer)

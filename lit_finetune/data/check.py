@@ -1,0 +1,118 @@
+"""Find unreadable images before training: ``lit-finetune check-data <folder>``.
+
+Every file with an image extension is opened and decoded the way training reads it (JPEGs at a reduced
+scale, which still reads the whole file), in a thread pool. Zero-byte files, truncated or corrupt JPEG
+and PNG data, and other files with image extensions are reported with the reason; grayscale, 16-bit,
+palette, RGBA, CMYK and EXIF-rotated images are fine (they are converted to RGB when read).
+``ImageFolderDataModule`` runs the same scan at set-up and then skips the bad files or stops the run
+(``data.bad_images``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from lit_finetune.data.folder import list_images, load_rgb
+
+SCAN_SIDE = 64
+"""JPEGs are decoded at a scale giving at least this many pixels a side."""
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """An image file that cannot be used, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def check_image(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an RGB image, or None when it can."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        load_rgb(str(path), max_side=SCAN_SIDE)
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def find_bad_images(paths: Iterable[str | Path], num_threads: int | None = None) -> list[BadImage]:
+    """Check every path (in a thread pool: decoding releases the GIL) and return the bad ones, in order.
+
+    Args:
+        paths: image files.
+        num_threads: threads; None: ``min(16, cpu count + 4)``.
+
+    Example::
+
+        bad = find_bad_images(["ok.jpg", "empty.jpg"])
+        [str(b) for b in bad]  # ['empty.jpg: empty file (0 bytes)']
+    """
+    paths = [str(p) for p in paths]
+    threads = num_threads or min(16, (os.cpu_count() or 1) + 4)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        reasons = list(pool.map(check_image, paths, chunksize=64))
+    return [BadImage(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
+def format_report(bad: Sequence[BadImage], total: int, limit: int = 50) -> str:
+    """``N of M images cannot be read:`` followed by the first ``limit`` files and their reasons."""
+    if not bad:
+        return f"All {total} images can be read."
+    lines = [f"{len(bad)} of {total} images cannot be read:"] + [f"  {b}" for b in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more")
+    return "\n".join(lines)
+
+
+def check_data(root: str, num_threads: int | None = None, output: str | None = None) -> list[BadImage]:
+    """Scan every image under ``root`` (recursively) and print how many cannot be read, and which.
+
+    Args:
+        root: the data folder (any layout: ``train/``/``val/`` class folders or class folders directly).
+        num_threads: threads that decode images; None: ``min(16, cpu count + 4)``.
+        output: also write the bad files, one ``path<TAB>reason`` a line, to this file.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    folder = Path(root)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"'{root}' is not a folder. Give the data folder, e.g. `lit-finetune check-data data/digits`.")
+    paths = list_images(folder)
+    bad = find_bad_images(paths, num_threads)
+    print(format_report(bad, len(paths), limit=len(bad)))
+    if output:
+        Path(output).write_text("".join(f"{b.path}\t{b.reason}\n" for b in bad))
+    return bad
+
+
+def main(args: list[str] | None = None) -> int:
+    """``lit-finetune check-data ROOT [--num_threads N] [--output bad.tsv]``; exit status 1 when bad files exist."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="lit-finetune check-data",
+        description="Find unreadable images (empty, truncated, corrupt, not images) under a data folder.",
+    )
+    parser.add_function_arguments(check_data, as_positional=True)
+    cfg = parser.parse_args(args)
+    try:
+        bad = check_data(cfg.root, cfg.num_threads, cfg.output)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Export a training checkpoint for inference: ``lit-finetune export --ckpt_path last.ckpt --output_dir model/``.
+
+A Lightning checkpoint holds the optimizer, the loop state and the callbacks' states as well as the
+weights. An export keeps what inference needs:
+
+- ``model.safetensors`` (or ``model.pt``, a plain ``state_dict`` loadable with ``weights_only=True``);
+- ``model.json``: the model class and its arguments (backbone, number of classes, head), the class names
+  and the preprocessing (resize, crop, mean, std), so the model can be rebuilt and fed correctly;
+- optionally ``model.torchscript.pt`` (``torch.jit.trace``, deprecated by PyTorch but still widely
+  deployed) and ``model.onnx`` (needs ``pip install onnx onnxscript``), both mapping normalized
+  ``(N, 3, H, W)`` images to logits.
+
+:func:`load_exported` rebuilds the model from the folder without the training checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lit_finetune import keys
+from lit_finetune.checkpoints import atomic_save, load_checkpoint_file
+
+EXPORT_VERSION = 1
+CONFIG_NAME = "model.json"
+
+
+class LogitsModel(nn.Module):
+    """Wraps a ``FinetuneClassifier`` so that ``forward(images)`` returns the logits tensor (for tracing)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)[keys.LOGITS]
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _init_args(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The model's constructor arguments as plain data; pretrained weights are not downloaded again."""
+    args = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    args["weights"] = None  # the exported state_dict holds every weight
+    return args
+
+
+def preprocessing_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Resize/crop sizes and normalization the model was trained with (from the data module's hyperparameters)."""
+    from lit_finetune.data.datamodule import ImageFolderDataModule
+    from lit_finetune.data.transforms import default_preprocessing
+
+    hparams = checkpoint.get("hyper_parameters", {})
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    if data:
+        pre = ImageFolderDataModule._preprocessing(
+            data.get("backbone"), data.get("weights"), data.get("image_size"), data.get("resize_size"), data.get("mean"), data.get("std")
+        )
+    else:
+        pre = default_preprocessing(hparams.get("backbone"), hparams.get("weights"))
+    return {
+        "resize_size": pre.resize_size,
+        "crop_size": pre.crop_size,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "interpolation": "bilinear",
+        "steps": ["resize short side to resize_size", "center crop crop_size", "scale to [0, 1]", "normalize with mean and std"],
+    }
+
+
+def model_from_checkpoint(ckpt_path: str | Path, trust_pickle: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the module stored in a training checkpoint (eval mode, CPU) and return it with the checkpoint.
+
+    The checkpoint is read with ``weights_only=True`` (unless ``trust_pickle``); the backbone is built
+    without pretrained weights (nothing is downloaded) and then filled from the checkpoint.
+
+    Raises:
+        ValueError: the file is not a Lightning checkpoint of a model.
+    """
+    checkpoint = load_checkpoint_file(ckpt_path, trust_pickle=trust_pickle)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"'{ckpt_path}' is not a Lightning checkpoint of a model (no `state_dict` and `hyper_parameters`).")
+    hparams = checkpoint["hyper_parameters"]
+    model_class = _import(hparams.get("_class_path", "lit_finetune.module.FinetuneClassifier"))
+    model = model_class(**_init_args(hparams))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint
+
+
+def export_checkpoint(
+    ckpt_path: str,
+    output_dir: str,
+    format: Literal["safetensors", "state_dict"] = "safetensors",
+    torchscript: bool = False,
+    onnx: bool = False,
+    trust_pickle: bool = False,
+) -> dict[str, str]:
+    """Write the weights, ``model.json`` and optional TorchScript/ONNX files of a checkpoint to ``output_dir``.
+
+    Args:
+        ckpt_path: a Lightning checkpoint written by ``lit-finetune fit`` (``last.ckpt``, ``epoch03-....ckpt``).
+        output_dir: folder to write (created if missing; files in it are replaced).
+        format: ``"safetensors"`` (``model.safetensors``) or ``"state_dict"`` (``model.pt`` via ``torch.save``).
+        torchscript: also write ``model.torchscript.pt`` (traced; ``torch.jit.load`` runs it without this library).
+        onnx: also write ``model.onnx`` with a dynamic batch dimension (needs ``onnx`` and ``onnxscript``).
+        trust_pickle: allow a checkpoint holding pickled objects (only for files you trust).
+
+    Returns:
+        The written files by kind: ``weights``, ``config`` and, when asked, ``torchscript``, ``onnx``.
+
+    Raises:
+        ValueError: the file is not a Lightning checkpoint of a model, or an unknown ``format``.
+        ImportError: ``onnx=True`` without the ``onnx``/``onnxscript`` packages.
+
+    Example::
+
+        export_checkpoint("runs/quickstart/version_0/checkpoints/last.ckpt", "exported/digits", torchscript=True)
+        model, config = load_exported("exported/digits")
+    """
+    if format not in ("safetensors", "state_dict"):
+        raise ValueError(f"Unknown export format {format!r}: choose 'safetensors' or 'state_dict'.")
+    if onnx:
+        for package in ("onnx", "onnxscript"):
+            if importlib.util.find_spec(package) is None:
+                raise ImportError(f"ONNX export needs the `{package}` package: `pip install onnx onnxscript`.")
+    model, checkpoint = model_from_checkpoint(ckpt_path, trust_pickle)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("loss.")}
+    files = {"weights": str(out / ("model.safetensors" if format == "safetensors" else "model.pt"))}
+    if format == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, files["weights"])
+    else:
+        atomic_save(state, files["weights"])
+    pre = preprocessing_of(checkpoint)
+    example = torch.zeros(2, 3, pre["crop_size"], pre["crop_size"])
+    if torchscript:
+        files["torchscript"] = str(out / "model.torchscript.pt")
+        torch.jit.trace(LogitsModel(model), example).save(files["torchscript"])
+    if onnx:
+        files["onnx"] = str(out / "model.onnx")
+        batch = torch.export.Dim("batch", min=1)
+        torch.onnx.export(
+            LogitsModel(model), (example,), files["onnx"], input_names=["images"], output_names=["logits"], dynamic_shapes={"images": {0: batch}}
+        )
+    hparams = checkpoint["hyper_parameters"]
+    config = {
+        "export_version": EXPORT_VERSION,
+        "model_class": hparams.get("_class_path", "lit_finetune.module.FinetuneClassifier"),
+        "init_args": _init_args(hparams),
+        "class_names": checkpoint.get("class_names") or hparams.get("class_names"),
+        "task": hparams.get("task", "multiclass"),
+        "preprocessing": pre,
+        "files": {kind: Path(path).name for kind, path in files.items()},
+        "source": {"checkpoint": str(ckpt_path), "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")},
+    }
+    files["config"] = str(out / CONFIG_NAME)
+    Path(files["config"]).write_text(json.dumps(config, indent=2) + "\n")
+    return files
+
+
+def load_exported(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild an exported model (eval mode, CPU) from ``model.json`` and its weights file; return it and the config.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no ``model.json``.
+    """
+    folder = Path(folder)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"'{folder}' holds no {CONFIG_NAME}: export a checkpoint with `lit-finetune export`.")
+    config = json.loads(config_path.read_text())
+    model = _import(config["model_class"])(**config["init_args"])
+    weights = folder / config["files"]["weights"]
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong = [k for k in missing if not k.startswith("loss.")] + list(unexpected)
+    if wrong:
+        raise ValueError(f"'{weights}' does not fit {config['model_class']}: {wrong[:10]}")
+    return model.eval(), config
+
+
+def main(args: list[str] | None = None) -> int:
+    """``lit-finetune export --ckpt_path CKPT --output_dir DIR [--format ...] [--torchscript true] [--onnx true]``."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="lit-finetune export", description="Export a training checkpoint for inference: weights, model.json, TorchScript/ONNX.")
+    parser.add_function_arguments(export_checkpoint)
+    cfg = parser.parse_args(args)
+    files = export_checkpoint(**cfg.as_dict())
+    for kind, path in files.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
