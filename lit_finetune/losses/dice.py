@@ -53,8 +53,8 @@ class DiceLoss(_OverlapLoss):
     ``I`` is the soft intersection, ``P`` the sum of predicted probabilities and ``T`` the sum of
     the target labels of a class, taken over the whole batch (``aggregation="global"``) or over each
     sample (``"per_sample"``). The intersection is ``sum(min(p, t))``, which equals ``sum(p * t)`` for
-    0/1 labels and stays exact for soft labels (a prediction equal to a soft label scores 1). Computation runs in float32 (float64 stays float64)
-    with autocast disabled.
+    0/1 labels and stays exact for soft labels (a prediction equal to a soft label scores 1).
+    Computation runs in float32 (float64 stays float64) with autocast disabled.
 
     Args:
         task: ``"binary"`` (one sigmoid output), ``"multiclass"`` (softmax over dimension 1) or

@@ -35,7 +35,7 @@ BAD_OPTIONS = [
     (lambda: DiceLoss(task="binary", ignore_index=2.5), r"`ignore_index` must be an int"),
     (lambda: DiceLoss(task="binary", class_weights=[1.0]), r"task='binary' weight the positives with `alpha`"),
     (lambda: DiceLoss(task="multiclass", num_classes=3, class_weights=[1.0, 2.0]), r"`class_weights` has 2 entries but `num_classes` is 3"),
-    (lambda: DiceLoss(task="multiclass", class_weights=[1.0, -1.0]), r"`class_weights` must be finite, >= 0 and not all zero, got \[1.0, -1.0\]"),
+    (lambda: DiceLoss(task="multiclass", class_weights=[1.0, -1.0]), r"`class_weights` must be finite, >= 0.*got \[1.0, -1.0\]"),
     (lambda: DiceLoss(task="multiclass", class_weights=[0.0, 0.0]), r"not all zero"),
     (lambda: TverskyLoss(task="binary", alpha=-0.1), r"`alpha` must be a finite number >= 0, got -0.1"),
     (lambda: TverskyLoss(task="binary", alpha=0.0, beta=0.0), r"`alpha \+ beta` must be > 0"),
@@ -59,8 +59,13 @@ def test_invalid_options_raise_with_a_message(make, message):
 
 BAD_INPUTS = [
     # (task, preds shape, target, message)
-    ("binary", (2, 1, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long), r"task='binary', `target` must have the shape of `preds` \(2, 1, 4, 4\).*got \(2, 4, 5\)"),
-    ("multiclass", (2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long), r"class indices of shape \(2, 4, 4\) or one-hot/soft labels of shape \(2, 3, 4, 4\), got \(2, 4, 5\)"),
+    ("binary", (2, 1, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long), r"must have the shape of `preds` \(2, 1, 4, 4\).*got \(2, 4, 5\)"),
+    (
+        "multiclass",
+        (2, 3, 4, 4),
+        torch.zeros(2, 4, 5, dtype=torch.long),
+        r"class indices of shape \(2, 4, 4\) or one-hot/soft labels of shape \(2, 3, 4, 4\), got \(2, 4, 5\)",
+    ),
     ("multiclass", (2, 3, 4, 4), torch.zeros(2, 4, 4), r"Class-index targets must be an integer tensor, got torch.float32"),
     ("multiclass", (2, 3, 4, 4), torch.full((2, 4, 4), 255), r"class index 255 but `preds` has 3 classes \(0..2\)\. Set `ignore_index`"),
     ("multiclass", (2, 3, 4, 4), torch.full((2, 4, 4), -1), r"class index -1"),

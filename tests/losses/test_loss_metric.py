@@ -191,3 +191,30 @@ def test_ddp_two_processes_give_the_single_process_epoch_value(tmp_path):
     expected = torch.stack([reference(loss, logits, target) for loss in ddp_configs()])
     for rank in (0, 1):
         torch.testing.assert_close(torch.load(tmp_path / f"rank{rank}.pt"), expected)
+
+
+def test_logged_through_lightning_gives_the_exact_epoch_value():
+    """``self.log(name, metric, on_epoch=True)`` in a validation loop over uneven batches."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    logits, target = multiclass_data(n=10)
+
+    class Identity(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+            self.val_loss = LossMetric(DiceLoss(task="multiclass", num_classes=3, ignore_index=255))
+
+        def validation_step(self, batch, batch_idx):
+            preds, tgt = batch
+            self.val_loss(preds * self.scale, tgt)
+            self.log("val/loss", self.val_loss, on_epoch=True, batch_size=len(tgt))
+
+    loader = DataLoader(TensorDataset(logits, target), batch_size=4)  # batches of 4, 4, 2
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    (result,) = trainer.validate(Identity(), loader, verbose=False)
+    expected = DiceLoss(task="multiclass", ignore_index=255)(logits, target)
+    assert result["val/loss"] == pytest.approx(expected.item(), abs=1e-6)
