@@ -50,7 +50,7 @@ def caption_tiles(images: Tensor, captions: Sequence[Sequence[str]], max_chars: 
         draw = ImageDraw.Draw(canvas)
         for j, text in enumerate(caption):
             draw.text((1, 1 + j * LINE_HEIGHT), text[:max_chars], fill="black", font=font)
-        band[i] = torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1).float() / 255
+        band[i] = torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255
     return torch.cat([images.detach().float().cpu(), band], dim=2)
 
 

@@ -10,6 +10,7 @@ a report is written.
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import nullcontext
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,8 @@ class NanGuard(Callback):
     On a real non-finite value the callback:
 
     1. saves the batch (``nan_batch_step<N>.pt``) and a checkpoint of the weights before this step
-       (``nan_step<N>.ckpt``) to ``dirpath``;
+       (``nan_step<N>.ckpt``) to ``dirpath``, after restoring the buffers (BatchNorm statistics) to their
+       values before the step's forward pass;
     2. replays the batch in training mode with a forward hook on every module and names the first
        module whose output is non-finite, with statistics of its inputs and weights; with
        ``detect_anomaly`` the loss is also back-propagated under ``torch.autograd.detect_anomaly`` (into
@@ -127,11 +129,16 @@ class NanGuard(Callback):
         self._batch_idx = -1
         self._bad_loss: Tensor | None = None
         self._loss: Tensor | None = None
+        self._buffers: list[Tensor] = []
 
     # ------------------------------------------------------------------ hooks
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._batch, self._batch_idx = batch, batch_idx
+        # Buffers (BatchNorm statistics) change in the forward pass: keep this step's starting values so that
+        # a non-finite forward does not leak into the checkpoint or, with action="skip", into later steps.
+        with torch.no_grad():
+            self._buffers = [b.detach().clone() for b in pl_module.buffers()]
 
     @override
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
@@ -158,7 +165,7 @@ class NanGuard(Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._batch = None  # do not keep a batch alive after training
+        self._batch, self._buffers = None, []  # keep nothing alive after training
 
     # ------------------------------------------------------------------ non-finite handling
     def _amp_skip(self, trainer: Trainer) -> None:
@@ -175,6 +182,9 @@ class NanGuard(Callback):
         folder = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "nan_guard")
         suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         folder.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            for buffer, saved in zip(pl_module.buffers(), self._buffers):
+                buffer.copy_(saved)
         self.batch_path = folder / f"nan_batch_step{step}{suffix}.pt"
         torch.save(_to_cpu(self._batch), self.batch_path)
         self.checkpoint_path = folder / f"nan_step{step}.ckpt"
@@ -234,10 +244,13 @@ class NanGuard(Callback):
             result["loss"] = float(loss.detach())
             if self.detect_anomaly and loss.requires_grad:
                 params = [p for p in pl_module.parameters() if p.requires_grad]
-                try:
-                    torch.autograd.grad(loss, params, allow_unused=True)
-                except RuntimeError as err:
-                    result["backward_error"] = str(err).strip().splitlines()[0]
+                with warnings.catch_warnings(record=True) as caught:  # the forward traceback comes as a warning
+                    warnings.simplefilter("always")
+                    try:
+                        torch.autograd.grad(loss, params, allow_unused=True)
+                    except RuntimeError as err:
+                        result["backward_error"] = str(err).strip().splitlines()[0]
+                        result["backward_origin"] = _forward_origin(caught)
         return result
 
     def _report(self, trainer: Trainer, replay: dict[str, Any], grad_norm: Tensor) -> str:
@@ -261,6 +274,8 @@ class NanGuard(Callback):
             lines.append(f"The replayed forward pass was finite (replayed loss {replay.get('loss', float('nan')):.6g}).")
         if "backward_error" in replay:
             lines.append(f"Backward pass under detect_anomaly: {replay['backward_error']}")
+            if replay.get("backward_origin"):
+                lines.append(f"  created in the forward pass at: {replay['backward_origin']}")
         if "replay_error" in replay:
             lines.append(f"The replay itself failed: {replay['replay_error']}")
         lines.append("What to try: " + self._advice(replay))
@@ -282,6 +297,16 @@ class NanGuard(Callback):
         if "backward_error" in replay:
             return "the forward pass is finite but the backward pass is not: look at the named backward function (divisions, sqrt at 0, log)."
         return "the forward pass is finite when replayed: check the loss inputs (targets out of range, log of 0) and the randomness of the step."
+
+
+def _forward_origin(caught: list[warnings.WarningMessage]) -> str:
+    """The innermost frame of the forward call that ``detect_anomaly`` reports with a failing backward."""
+    for item in caught:
+        text = str(item.message)
+        if "Traceback of forward call" in text:
+            frames = [line.strip() for line in text.splitlines() if line.strip().startswith("File ")]
+            return frames[-1] if frames else ""
+    return ""
 
 
 def _to_cpu(batch: Any) -> Any:

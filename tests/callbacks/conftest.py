@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import grad_norm
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lit_finetune import keys
 from lit_finetune.data.datamodule import ImageFolderDataModule
 from lit_finetune.module import FinetuneClassifier
 
@@ -89,3 +93,94 @@ def decode_image(event) -> np.ndarray:
     import io
 
     return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+
+
+class StepRecorder(Callback):
+    """Records, on every optimizer step, the gradients, the weights before and after, and Lightning's grad_norm."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, dict] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.steps[trainer.global_step] = {
+            "grads": {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None},
+            "before": {n: p.detach().clone() for n, p in pl_module.named_parameters()},
+            "grad_norm": grad_norm(pl_module, 2)["grad_2.0_norm_total"].item(),
+        }
+        self._current = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps[self._current]["after"] = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+class StateProbe(Callback):
+    """Snapshot of training flags, requires_grad and .grad at validation epoch end (``mix``: make flags and grads uneven first)."""
+
+    def __init__(self, mix: bool) -> None:
+        self.mix = mix
+        self.snapshots: list[dict] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.mix:
+            pl_module.head.train()  # uneven flags: GradCAM must restore exactly these
+            pl_module.backbone.layer1.train()
+            for i, p in enumerate(pl_module.parameters()):  # gradients GradCAM must not touch (or create)
+                p.grad = torch.randn_like(p) if i % 2 else None
+        self.snapshots.append(
+            {
+                "training": {n: m.training for n, m in pl_module.named_modules()},
+                "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
+                "grads": {n: None if p.grad is None else p.grad.detach().clone() for n, p in pl_module.named_parameters()},
+                "params": {n: p.detach().clone() for n, p in pl_module.named_parameters()},
+            }
+        )
+
+
+@dataclass
+class FullRun:
+    trainer: Trainer
+    model: FinetuneClassifier
+    datamodule: ImageFolderDataModule
+    callbacks: dict[str, Callback]
+    events: EventAccumulator
+
+
+@pytest.fixture(scope="session")
+def full_run(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> FullRun:
+    """One short fit (1 epoch, 3 training and 2 validation batches) with every diagnostics callback on."""
+    from lit_finetune.callbacks.best_worst import BestWorstSamples
+    from lit_finetune.callbacks.classification_report import ClassificationReport
+    from lit_finetune.callbacks.data_timing import DataTiming
+    from lit_finetune.callbacks.gradcam import GradCAM
+    from lit_finetune.callbacks.gradient_stats import GradientStats
+    from lit_finetune.callbacks.hparams import HParamsSummary
+    from lit_finetune.callbacks.nan_guard import NanGuard
+
+    callbacks = {
+        "best_worst": BestWorstSamples(k=3, tile_size=32),
+        "gradient_stats": GradientStats(histogram_every_n_steps=2),
+        "nan_guard": NanGuard(),
+        "report": ClassificationReport(num_thresholds=11),
+        "timing": DataTiming(every_n_steps=1),
+        "hparams": HParamsSummary(),
+        "recorder": StepRecorder(),
+        "probe_before": StateProbe(mix=True),
+        "gradcam": GradCAM(num_images=4, tile_size=32),
+        "probe_after": StateProbe(mix=False),
+    }
+    model = make_model(optimizer=functools.partial(torch.optim.SGD, lr=1e-3))
+    datamodule = make_datamodule(image_root)
+    trainer = make_trainer(tmp_path_factory.mktemp("full_run"), list(callbacks.values()))
+    trainer.fit(model, datamodule=datamodule)
+    return FullRun(trainer, model, datamodule, callbacks, read_events(trainer))
+
+
+@torch.no_grad()
+def val_losses(run: FullRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Brute force: per-sample loss, logits and targets of the whole validation set with the final weights."""
+    model = run.model.eval()
+    samples = [run.datamodule.val_set[i] for i in range(len(run.datamodule.val_set))]
+    images = torch.stack([s[keys.IMAGE] for s in samples])
+    targets = torch.tensor([int(s[keys.TARGET]) for s in samples])
+    logits = model(images)[keys.LOGITS]
+    return model.compute_loss({keys.LOGITS: logits}, targets), logits, targets

@@ -1,0 +1,48 @@
+"""ClassificationReport: confusion counts, per-class accuracy and histograms equal a direct count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_finetune.callbacks.classification_report import ClassificationReport
+
+from conftest import CLASSES, text_of, val_losses
+
+
+def _parse_table(text: str) -> list[list[int]]:
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| true")]
+    return [[int(v) for v in row.strip("| ").split(" | ")[1:]] for row in rows]
+
+
+def test_confusion_matrix_equals_direct_count(full_run):
+    _, logits, targets = val_losses(full_run)
+    pred = logits.argmax(dim=1)
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for t, p in zip(targets.tolist(), pred.tolist()):
+        expected[t, p] += 1
+    (text,) = text_of(full_run.events, "report/confusion_matrix_counts")
+    assert _parse_table(text) == expected.tolist()
+    assert torch.equal(full_run.callbacks["report"].confusion, expected)
+    assert len(full_run.events.Images("report/confusion_matrix")) == 1
+    for i, name in enumerate(CLASSES):
+        (acc,) = full_run.events.Scalars(f"report/acc/{name}")
+        assert acc.value == pytest.approx(expected[i, i].item() / expected[i].sum().item())
+
+
+def test_histograms_and_curves(full_run):
+    _, logits, targets = val_losses(full_run)
+    correct = (logits.argmax(dim=1) == targets).sum().item()
+    (right,) = full_run.events.Histograms("report/max_prob_correct") or [None]
+    wrong = full_run.events.Histograms("report/max_prob_wrong")
+    n_right = right.histogram_value.num if right else 0
+    n_wrong = wrong[0].histogram_value.num if wrong else 0
+    assert (n_right, n_wrong) == (correct, len(targets) - correct)
+    tags = full_run.events.Tags()["tensors"]
+    assert {f"report/pr_curve/{c}" for c in CLASSES} <= set(tags)
+    assert "report/most_confused/text_summary" in tags
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="num_thresholds.*got 1"):
+        ClassificationReport(num_thresholds=1)
