@@ -143,3 +143,39 @@ def test_public_names():
         "bce_dice_loss", "ce_dice_loss",
     }  # fmt: skip
     assert JaccardLoss(task="binary").reduction == "mean"
+
+
+ALL_MODULES = [DiceLoss, JaccardLoss, TverskyLoss, FocalLoss, SoftCrossEntropyLoss]
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (5, 3, 4, 4), (5, 3, 2, 3, 2)])
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_every_module_gives_one_loss_per_sample_with_reduction_none(task, shape):
+    g = torch.Generator().manual_seed(0)
+    n, c, *spatial = shape
+    if task == "binary":
+        preds, target = torch.randn(n, 1, *spatial, generator=g), torch.randint(0, 2, (n, 1, *spatial), generator=g)
+    elif task == "multiclass":
+        preds, target = torch.randn(shape, generator=g), torch.randint(0, c, (n, *spatial), generator=g)
+    else:
+        preds, target = torch.randn(shape, generator=g), torch.randint(0, 2, shape, generator=g)
+    # empty_target="zero" counts samples without foreground, so the mean is over all samples.
+    modules = [cls(task=task, reduction="none", aggregation="per_sample") for cls in ALL_MODULES[3:]]
+    modules += [cls(task=task, reduction="none", aggregation="per_sample", empty_target="zero") for cls in ALL_MODULES[:3]]
+    modules.append(CEDiceLoss(reduction="none") if task == "multiclass" else BCEDiceLoss(task=task, reduction="none"))
+    for loss in modules:
+        values = loss(preds, target)
+        assert values.shape == (n,), type(loss).__name__
+        # Each value is the loss of that sample alone; the mean of the per-sample form is their mean.
+        torch.testing.assert_close(values[1], loss(preds[1:2], target[1:2])[0])
+        if not isinstance(loss, (BCEDiceLoss, CEDiceLoss)):
+            loss.reduction = "mean"
+            torch.testing.assert_close(loss(preds, target), values.mean())
+
+
+def test_volumes_equal_flattened_images():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 3, 2, generator=g)
+    target = torch.randint(0, 3, (2, 4, 3, 2), generator=g)
+    for loss in (DiceLoss(task="multiclass"), FocalLoss(task="multiclass"), CEDiceLoss()):
+        torch.testing.assert_close(loss(logits, target), loss(logits.flatten(3), target.flatten(2)))
