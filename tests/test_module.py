@@ -1,0 +1,129 @@
+"""FinetuneClassifier: losses per sample, exact epoch metrics, tasks, optimizer wiring, subclassing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+from torch.nn import functional as F
+
+from lit_finetune import FinetuneClassifier, ImageFolderDataModule, keys
+
+
+def tiny_batch(n: int = 4, classes: int = 3) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        keys.IMAGE: torch.randn(n, 3, 32, 32, generator=g),
+        keys.TARGET: torch.arange(n) % classes,
+        keys.INDEX: torch.arange(n),
+        keys.PATH: [f"img{i}.png" for i in range(n)],
+    }
+
+
+def test_step_output_carries_per_sample_losses() -> None:
+    torch.manual_seed(0)
+    model = FinetuneClassifier(num_classes=3, backbone="resnet18").eval()
+    batch = tiny_batch()
+    out = model.validation_step(batch, 0)
+    logits = model(batch[keys.IMAGE])[keys.LOGITS]
+    expected = F.cross_entropy(logits, batch[keys.TARGET], reduction="none")
+    torch.testing.assert_close(out[keys.SAMPLE_LOSS], expected)
+    torch.testing.assert_close(out[keys.LOSS], expected.mean())
+    assert not out[keys.SAMPLE_LOSS].requires_grad
+    assert torch.equal(out[keys.INDEX], batch[keys.INDEX])
+
+
+def test_label_smoothing_and_custom_loss() -> None:
+    model = FinetuneClassifier(num_classes=3, label_smoothing=0.1)
+    assert model.loss.label_smoothing == 0.1 and model.loss.reduction == "none"
+    model = FinetuneClassifier(num_classes=3, loss=nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 3.0])))
+    assert model.loss.reduction == "none"
+
+    class NoReduction(nn.Module):
+        def forward(self, preds, target):
+            return preds.sum()
+
+    with pytest.raises(ValueError, match="no `reduction` attribute"):
+        FinetuneClassifier(num_classes=3, loss=NoReduction())
+
+
+def test_binary_and_multilabel_tasks() -> None:
+    torch.manual_seed(0)
+    model = FinetuneClassifier(num_classes=2, task="binary").eval()
+    assert model.head.layers.fc.out_features == 1
+    batch = tiny_batch(classes=2)
+    out = model.validation_step(batch, 0)
+    expected = F.binary_cross_entropy_with_logits(out[keys.LOGITS][:, 0], batch[keys.TARGET].float(), reduction="none")
+    torch.testing.assert_close(out[keys.SAMPLE_LOSS], expected)
+    pred = model.predict_step(batch, 0)
+    p = torch.sigmoid(out[keys.LOGITS][:, 0])
+    torch.testing.assert_close(pred["prob"], torch.where(p > 0.5, p, 1 - p))
+
+    model = FinetuneClassifier(num_classes=4, task="multilabel").eval()
+    batch[keys.TARGET] = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]]).float()
+    out = model.validation_step(batch, 0)
+    expected = F.binary_cross_entropy_with_logits(out[keys.LOGITS], batch[keys.TARGET], reduction="none").mean(1)
+    torch.testing.assert_close(out[keys.SAMPLE_LOSS], expected)
+
+
+def test_bad_class_counts() -> None:
+    with pytest.raises(ValueError, match="binary.*num_classes 1 or 2"):
+        FinetuneClassifier(num_classes=3, task="binary")
+    with pytest.raises(ValueError, match="3 class names given for num_classes=2"):
+        FinetuneClassifier(num_classes=2, class_names=["a", "b", "c"])
+
+
+def test_validation_loss_is_the_exact_mean_over_uneven_batches(image_folder) -> None:
+    # 8 validation images in batches of 3 (3 + 3 + 2): a mean of batch means would be wrong.
+    dm = ImageFolderDataModule(str(image_folder), batch_size=3, num_workers=0, image_size=32, resize_size=32)
+    torch.manual_seed(0)
+    model = FinetuneClassifier(num_classes=2, backbone="resnet18")
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    model.eval()
+    images = torch.stack([dm.val_set[i][keys.IMAGE] for i in range(len(dm.val_set))])
+    targets = torch.tensor([dm.val_set[i][keys.TARGET] for i in range(len(dm.val_set))])
+    with torch.no_grad():
+        logits = model(images)[keys.LOGITS]
+    assert metrics["val/loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
+    assert metrics["val/acc"] == pytest.approx((logits.argmax(1) == targets).float().mean().item())
+
+
+def test_optimizer_and_scheduler_callables() -> None:
+    model = FinetuneClassifier(
+        num_classes=3,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+    )
+    config = model.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.SGD) and config["optimizer"].param_groups[0]["lr"] == 0.1
+    assert config["lr_scheduler"]["monitor"] == "val/loss"
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in config["optimizer"].param_groups for p in g["params"]} == trainable
+
+
+class FinetuneWithFeaturePenalty(FinetuneClassifier):
+    """The README's subclass: an auxiliary loss on the pooled features."""
+
+    def __init__(self, *args, feature_penalty: float = 1e-3, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.feature_penalty = feature_penalty
+
+    def forward(self, images, return_features=True):
+        return super().forward(images, return_features=True)
+
+    def compute_loss(self, outputs, target):
+        loss = super().compute_loss(outputs, target)  # per sample, shape (N,)
+        return loss + self.feature_penalty * outputs[keys.FEATURES].pow(2).sum(1)
+
+
+def test_readme_subclass_adds_its_auxiliary_loss() -> None:
+    torch.manual_seed(0)
+    model = FinetuneWithFeaturePenalty(num_classes=3, feature_penalty=0.5).eval()
+    batch = tiny_batch()
+    out = model.validation_step(batch, 0)
+    features = model(batch[keys.IMAGE])[keys.FEATURES]
+    expected = F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET], reduction="none") + 0.5 * features.pow(2).sum(1)
+    torch.testing.assert_close(out[keys.SAMPLE_LOSS], expected)
+    assert model.hparams.feature_penalty == 0.5
