@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import Accuracy, F1Score, MeanMetric, MetricCollection
+from torchmetrics import Accuracy, F1Score, MeanMetric, Metric, MetricCollection
 
 from lit_finetune import keys
 from lit_finetune.backbones import MIN_INPUT_SIZE, create_backbone
@@ -28,6 +28,7 @@ from lit_finetune.finetuning import (
 )
 from lit_finetune.finetuning import freeze as freeze_parameters
 from lit_finetune.heads import ClassifierHead
+from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.schedulers import WarmupCosineLR
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class FinetuneClassifier(LightningModule):
             raise ValueError("cache_features=True feeds cached features to the head and bypasses `forward`: leave it off in subclasses that override `forward`.")
         self.feature_caches = {"train": FeatureCache(), "val": FeatureCache()}
         self.loss = self._prepare_loss(loss)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = (self._epoch_loss_metric() for _ in range(3))
         metrics = self.build_metrics()
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -260,6 +261,19 @@ class FinetuneClassifier(LightningModule):
         loss.reduction = "none"
         return loss
 
+    def _epoch_loss_metric(self) -> Metric:
+        # Losses of lit_finetune.losses that aggregate globally (a Dice over all samples) get their exact
+        # epoch value from summed statistics; for the others the exact epoch value is the mean of the
+        # per-sample losses, kept as a sum and a count (both reduce correctly under DDP).
+        return LossMetric(self.loss) if isinstance(self.loss, StatisticsLoss) else MeanMetric()
+
+    def _update_epoch_loss(self, stage: str, sample_loss: Tensor, logits: Tensor, target: Tensor) -> None:
+        metric = getattr(self, f"{stage}_loss")
+        if isinstance(metric, LossMetric):
+            metric.update(logits, target)
+        else:
+            metric.update(sample_loss.detach())
+
     @staticmethod
     def _per_sample(loss: Tensor) -> Tensor:
         return loss.flatten(1).mean(1) if loss.ndim > 1 else loss
@@ -295,7 +309,7 @@ class FinetuneClassifier(LightningModule):
         outputs = self._cached_forward(batch, stage) if self._uses_cache(batch, stage) else self(batch[keys.IMAGE])
         sample_loss = self.compute_loss(outputs, target)
         logits = outputs[keys.LOGITS].detach()
-        getattr(self, f"{stage}_loss").update(sample_loss.detach())
+        self._update_epoch_loss(stage, sample_loss, logits, target)
         getattr(self, f"{stage}_metrics").update(*self._metric_inputs(logits, batch[keys.TARGET]))
         return {
             keys.LOSS: sample_loss.mean(),

@@ -127,3 +127,23 @@ def test_readme_subclass_adds_its_auxiliary_loss() -> None:
     expected = F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET], reduction="none") + 0.5 * features.pow(2).sum(1)
     torch.testing.assert_close(out[keys.SAMPLE_LOSS], expected)
     assert model.hparams.feature_penalty == 0.5
+
+
+def test_global_dice_is_logged_with_its_exact_epoch_value(image_folder) -> None:
+    from lit_finetune.losses import DiceLoss, dice_loss
+
+    dm = ImageFolderDataModule(str(image_folder), batch_size=3, num_workers=0, image_size=32, resize_size=32)
+    torch.manual_seed(0)
+    model = FinetuneClassifier(num_classes=2, backbone="resnet18", loss=DiceLoss(task="multiclass", num_classes=2))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(model, datamodule=dm, verbose=False)[0]["val/loss"]
+    model.eval()
+    images = torch.stack([dm.val_set[i][keys.IMAGE] for i in range(len(dm.val_set))])
+    targets = torch.tensor([dm.val_set[i][keys.TARGET] for i in range(len(dm.val_set))])
+    with torch.no_grad():
+        logits = model(images)[keys.LOGITS]
+    expected = dice_loss(logits, targets, task="multiclass", num_classes=2)
+    assert logged == pytest.approx(expected.item(), rel=1e-5)
+    # ... which is not the mean of batch values (3 + 3 + 2 samples).
+    batch_means = [dice_loss(logits[i : i + 3], targets[i : i + 3], task="multiclass", num_classes=2) for i in (0, 3, 6)]
+    assert abs(torch.stack(batch_means).mean().item() - logged) > 1e-6
