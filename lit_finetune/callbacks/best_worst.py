@@ -269,7 +269,7 @@ class BestWorstSamples(Callback):
             [
                 f"true {target_label(state['target'][i], task, names)}",
                 f"pred {class_label(int(state['pred'][i]), names)} {float(state['prob'][i]):.2f}",
-                f"loss {float(state['score'][i]):.3g}",
+                f"loss {float(state['score'][i]) + 0.0:.3g}",  # + 0.0: no "-0"
             ]
             for i in range(len(state["score"]))
         ]
