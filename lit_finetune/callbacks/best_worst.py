@@ -275,7 +275,9 @@ class BestWorstSamples(Callback):
         ]
         return tile_grid(caption_tiles(denormalize(state["image"], mean, std), captions))
 
-    def _log_nonfinite(self, stage: str, writer: Any, step: int, pl_module: LightningModule, gathered: dict[str, Tensor], taken: Tensor) -> None:
+    def _log_nonfinite(
+        self, stage: str, writer: Any, step: int, pl_module: LightningModule, gathered: dict[str, Tensor], taken: Tensor
+    ) -> None:
         taken = taken.cpu()
         if not bool(taken.any()):
             return

@@ -120,7 +120,9 @@ class ClassificationReport(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._enabled = has_tensorboard(trainer, type(self).__name__)
         self.task = getattr(pl_module, "task", "multiclass")
-        self.num_classes = int(getattr(pl_module, "num_classes"))
+        if not isinstance(getattr(pl_module, "num_classes", None), int):
+            raise ValueError(f"ClassificationReport needs `num_classes` (an int) on the module; {type(pl_module).__name__} has none.")
+        self.num_classes = pl_module.num_classes
         self.metrics = self._build(self.task, self.num_classes).to(pl_module.device)
 
     def _active(self, trainer: Trainer) -> bool:
@@ -210,7 +212,8 @@ class ClassificationReport(Callback):
             )
 
     def _log_confusion(self, writer: Any, step: int, confusion: Tensor, names: list[str]) -> None:
-        writer.add_figure("report/confusion_matrix", confusion_figure(confusion, names, annotate=len(names) <= self.max_annotated_classes), step)
+        figure = confusion_figure(confusion, names, annotate=len(names) <= self.max_annotated_classes)
+        writer.add_figure("report/confusion_matrix", figure, step)
         header = "| true \\ pred | " + " | ".join(names) + " |\n|" + "---|" * (len(names) + 1) + "\n"
         rows = "\n".join(f"| {names[i]} | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(confusion.tolist()))
         writer.add_text("report/confusion_matrix_counts", header + rows, step)

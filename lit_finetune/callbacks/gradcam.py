@@ -239,7 +239,8 @@ class GradCAM(Callback):
             pred, prob = predictions(logits, task)
             explained = self._explained(pred, targets, task, logits.shape[1])
             with exposed_map(pl_module.get_submodule(name), reshape) as layer:
-                cam = LayerGradCam(lambda inp: _logits(pl_module(inp)), layer).attribute(x, target=explained.tolist(), relu_attributions=True)
+                gradcam = LayerGradCam(lambda inp: _logits(pl_module(inp)), layer)
+                cam = gradcam.attribute(x, target=explained.tolist(), relu_attributions=True)
             cam = F.interpolate(cam.detach().float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
             cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return cam.cpu(), pred.cpu(), prob.cpu()
@@ -254,7 +255,8 @@ class GradCAM(Callback):
     def _grid(self, pl_module: LightningModule, images: Tensor, heatmaps: Tensor, targets: Tensor, pred: Tensor, prob: Tensor) -> Tensor:
         names = getattr(pl_module, "class_names", None)
         task = getattr(pl_module, "task", "multiclass")
-        pictures = denormalize(images.float().cpu(), getattr(pl_module, "image_mean", (0.0,) * 3), getattr(pl_module, "image_std", (1.0,) * 3))
+        mean, std = getattr(pl_module, "image_mean", (0.0,) * 3), getattr(pl_module, "image_std", (1.0,) * 3)
+        pictures = denormalize(images.float().cpu(), mean, std)
         overlay = (1 - self.alpha) * pictures + self.alpha * colorize(heatmaps)
         captions = [
             [f"true {target_label(targets[i], task, names)}", f"pred {class_label(int(pred[i]), names)} {float(prob[i]):.2f}"]

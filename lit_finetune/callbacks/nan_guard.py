@@ -207,12 +207,15 @@ class NanGuard(Callback):
 
         def hook(name: str, module: nn.Module, args: tuple, output: Any) -> None:
             if "module" not in found and not _is_finite(output):
-                found.update(module=name, type=type(module).__name__, inputs=[describe(t) for t in _tensors(args)], output=[describe(t) for t in _tensors(output)])
+                found.update(module=name, type=type(module).__name__)
+                found.update(inputs=[describe(t) for t in _tensors(args)], output=[describe(t) for t in _tensors(output)])
                 found["weights"] = {n: describe(p) for n, p in module.named_parameters(recurse=False) if not bool(p.isfinite().all())}
 
         buffers = {name: b.detach().clone() for name, b in pl_module.named_buffers()}
         modes = {m: m.training for m in pl_module.modules()}
-        handles = [m.register_forward_hook(lambda mod, args, out, _n=name: hook(_n, mod, args, out)) for name, m in pl_module.named_modules()]
+        handles = [
+            m.register_forward_hook(lambda mod, args, out, _n=name: hook(_n, mod, args, out)) for name, m in pl_module.named_modules()
+        ]
         result: dict[str, Any] = {"found": found}
         try:
             pl_module.train()
@@ -279,7 +282,8 @@ class NanGuard(Callback):
         if "replay_error" in replay:
             lines.append(f"The replay itself failed: {replay['replay_error']}")
         lines.append("What to try: " + self._advice(replay))
-        lines.append(f"Action: {'training stopped' if self.action == 'stop' else 'batch skipped, training goes on'}; this step's gradients were dropped.")
+        outcome = "training stopped" if self.action == "stop" else "batch skipped, training goes on"
+        lines.append(f"Action: {outcome}; this step's gradients were dropped.")
         return "\n".join(lines)
 
     @staticmethod
@@ -295,8 +299,14 @@ class NanGuard(Callback):
                 "use `precision: bf16-mixed` instead of 16-mixed, or guard that operation (eps in divisions, logs and square roots)."
             )
         if "backward_error" in replay:
-            return "the forward pass is finite but the backward pass is not: look at the named backward function (divisions, sqrt at 0, log)."
-        return "the forward pass is finite when replayed: check the loss inputs (targets out of range, log of 0) and the randomness of the step."
+            return (
+                "the forward pass is finite but the backward pass is not: "
+                "look at the named backward function (divisions, sqrt at 0, log)."
+            )
+        return (
+            "the forward pass is finite when replayed: "
+            "check the loss inputs (targets out of range, log of 0) and the randomness of the step."
+        )
 
 
 def _forward_origin(caught: list[warnings.WarningMessage]) -> str:

@@ -50,13 +50,15 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_datamodule(root: Path, batch_size: int = 8) -> ImageFolderDataModule:
     return ImageFolderDataModule(
-        str(root), batch_size=batch_size, num_workers=0, backbone="resnet18", image_size=32, resize_size=32, crop_scale=(0.8, 1.0), hflip=False
+        str(root), batch_size=batch_size, num_workers=0, backbone="resnet18",
+        image_size=32, resize_size=32, crop_scale=(0.8, 1.0), hflip=False,
     )
 
 
 def make_model(**kwargs) -> FinetuneClassifier:
     torch.manual_seed(0)
-    args = dict(num_classes=3, backbone="resnet18", class_names=list(CLASSES), optimizer=functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9))
+    optimizer = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)
+    args = dict(num_classes=3, backbone="resnet18", class_names=list(CLASSES), optimizer=optimizer)
     args.update(kwargs)
     return FinetuneClassifier(**args)
 

@@ -33,7 +33,8 @@ SCRIPT = textwrap.dedent(
         out = Path({out!r})
         root = out / "images"
         best_worst = BestWorstSamples(k=3, tile_size=32)
-        callbacks = [best_worst, GradientStats(), NanGuard(), GradCAM(num_images=4, tile_size=32), ClassificationReport(), DataTiming(), HParamsSummary()]
+        gradcam = GradCAM(num_images=4, tile_size=32)
+        callbacks = [best_worst, GradientStats(), NanGuard(), gradcam, ClassificationReport(), DataTiming(), HParamsSummary()]
         trainer = make_trainer(out, callbacks, strategy="ddp", devices=2, max_epochs=1)
         if trainer.global_rank == 0 and not root.exists():
             make_image_folder(root, {{"train": 8, "val": 4}})
@@ -48,7 +49,8 @@ SCRIPT = textwrap.dedent(
                 images = torch.stack([s[keys.IMAGE] for s in samples])
                 targets = torch.tensor([int(s[keys.TARGET]) for s in samples])
                 losses = model.compute_loss(model(images), targets)
-            result = dict(log_dir=trainer.logger.log_dir, losses=losses.tolist(), selected=best_worst.selected["val"], steps=trainer.global_step)
+            selected = best_worst.selected["val"]
+            result = dict(log_dir=trainer.logger.log_dir, losses=losses.tolist(), selected=selected, steps=trainer.global_step)
             (out / "result.json").write_text(json.dumps(result))
     """
 )
@@ -66,7 +68,9 @@ def test_ddp_two_processes(tmp_path):
     assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1  # rank 1 wrote nothing
     acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "tensors": 0})
     acc.Reload()
-    for tag in ("best_worst/val/worst", "best_worst/val/best", "best_worst/train/worst", "best_worst/train/best", "gradcam/val", "report/confusion_matrix"):
+    images = [f"best_worst/{stage}/{kind}" for stage in ("train", "val") for kind in ("worst", "best")]
+    images += ["gradcam/val", "report/confusion_matrix"]
+    for tag in images:
         assert len(acc.Images(tag)) == 1, tag
 
     # The val candidates of both ranks were gathered: the picks are the global extremes.

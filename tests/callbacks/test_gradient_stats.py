@@ -15,8 +15,10 @@ def _layers(names):
     return layers
 
 
-def _logged(events, tag):
-    return {e.step: e.value for e in events.Scalars(tag)}
+def _logged(events, tag, cache={}):
+    if (id(events), tag) not in cache:
+        cache[id(events), tag] = {e.step: e.value for e in events.Scalars(tag)}
+    return cache[id(events), tag]
 
 
 def test_per_layer_stats_equal_direct_computation(full_run):

@@ -80,7 +80,7 @@ def test_stops_and_names_the_layer_and_batch(tmp_path, image_root):
 def test_skip_goes_on_with_finite_weights(tmp_path, image_root):
     guard = NanGuard(action="skip", detect_anomaly=False, dirpath=str(tmp_path / "nan"))
     model = _nan_model()
-    trainer = make_trainer(tmp_path, [Arm(), guard], max_epochs=1)
+    trainer = make_trainer(tmp_path, [Arm(), guard], max_epochs=1, limit_val_batches=1)
     trainer.fit(model, datamodule=make_datamodule(image_root))
     assert trainer.global_step == 3 and guard.culprit == "backbone.layer3.1"
     assert all(v.isfinite().all() for v in model.state_dict().values() if v.is_floating_point())
