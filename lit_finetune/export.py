@@ -145,6 +145,8 @@ def export_checkpoint(
         atomic_save(state, files["weights"])
     pre = preprocessing_of(checkpoint)
     example = torch.zeros(2, 3, pre["crop_size"], pre["crop_size"])
+    # Lightning's own switch that lets tracers read `trainer` on a module that has none (as in `to_torchscript`).
+    model._jit_is_scripting = True
     if torchscript:
         files["torchscript"] = str(out / "model.torchscript.pt")
         torch.jit.trace(LogitsModel(model), example).save(files["torchscript"])
