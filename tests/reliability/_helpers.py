@@ -36,7 +36,9 @@ def write_dataset(root: Path, train_per_class: int = 6, val_per_class: int = 3) 
     return root
 
 
-def write_config(path: Path, data_root: Path, runs: Path, max_epochs: int = 2, backbone: str = "resnet18", **data) -> Path:
+def write_config(
+    path: Path, data_root: Path, runs: Path, max_epochs: int = 2, backbone: str = "resnet18", model: dict | None = None, **data
+) -> Path:
     """A deterministic CPU config: random crops and shuffling (so RNG matters), cosine LR, no workers."""
     config = {
         "seed_everything": 7,
@@ -59,6 +61,7 @@ def write_config(path: Path, data_root: Path, runs: Path, max_epochs: int = 2, b
             "weights": None,
             "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01, "momentum": 0.9}},
             "lr_scheduler": {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", "init_args": {"T_max": 4}},
+            **(model or {}),
         },
         "data": {
             "root": str(data_root),
@@ -100,6 +103,9 @@ class SaveRankState(Callback):
         self.folder = folder
         self.val_indices: list[int] = []
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.initial = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.val_indices = []
 
@@ -111,6 +117,6 @@ class SaveRankState(Callback):
         state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"state_dict": state, "metrics": metrics, "val_indices": self.val_indices, "world_size": trainer.world_size},
+            {"state_dict": state, "initial": self.initial, "metrics": metrics, "val_indices": self.val_indices, "world_size": trainer.world_size},
             Path(self.folder) / f"rank{trainer.global_rank}.pt",
         )
