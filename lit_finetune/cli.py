@@ -6,6 +6,12 @@ TensorBoard logger under ``runs/``, ModelCheckpoint (best ``val/acc`` and ``last
 LearningRateMonitor (with momentum and weight decay) and a CSV writer for ``predict``.
 Each is configurable: ``--checkpoint.monitor val/loss``, ``--lr_monitor.logging_interval step``,
 ``--predictions.output_path preds.csv``.
+
+For reliable runs (see docs/reliability.md): ``last.ckpt`` is refreshed every epoch
+(``ResumableModelCheckpoint``), checkpoints hold the random generators' states (``RNGStateCheckpoint``)
+and are written atomically (``AtomicCheckpointIO``), an interrupted run writes ``last-interrupted.ckpt``
+(``InterruptCheckpoint``), and ``--ckpt_path last`` resumes the newest run of the configured logger.
+``lit-finetune export`` and ``lit-finetune check-data`` have parsers of their own.
 """
 
 from __future__ import annotations
@@ -89,6 +95,29 @@ class FinetuneCLI(LightningCLI):
         # ... and the model learns its classes from the data.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.add_argument(
+            "--lr_find",
+            type=bool,
+            default=False,
+            help="fit only: run Lightning's learning-rate finder first; its suggestion becomes model.head_lr "
+            "(plot: lr_find.png in the log folder).",
+        )
+
+    def before_fit(self) -> None:
+        if not self.config[self.subcommand].get("lr_find"):
+            return
+        from lit_finetune.finetuning import suggest_lr
+
+        plot = Path(self.trainer.log_dir or ".") / "lr_find.png"
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        lr = suggest_lr(self.trainer, self.model, datamodule=self.datamodule, plot_path=str(plot))
+        if lr is None:
+            print(
+                "lr_find: no suggestion (the sweep ended before enough steps: it runs up to 100 training steps within "
+                "trainer.max_epochs, and stops early when the loss diverges). Training goes on with the configured LR."
+            )
+        else:
+            print(f"lr_find: head_lr = {lr} (plot: {plot})")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
@@ -115,19 +144,19 @@ def main(args: list[str] | None = None) -> None:
     ``export`` and ``check-data`` have parsers of their own; ``fit``, ``validate``, ``test`` and
     ``predict`` go to LightningCLI.
     """
-    args = sys.argv[1:] if args is None else list(args)
-    if args and args[0] == "export":
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "export":
         from lit_finetune.export import main as export_main
 
-        sys.exit(export_main(args[1:]))
-    if args and args[0] == "check-data":
+        sys.exit(export_main(argv[1:]))
+    if argv and argv[0] == "check-data":
         from lit_finetune.data.check import main as check_main
 
-        sys.exit(check_main(args[1:]))
-    if args and args[0] in ("-h", "--help"):
+        sys.exit(check_main(argv[1:]))
+    if argv and argv[0] in ("-h", "--help"):
         print("Other subcommands:\n" + "\n".join(f"  {name:<12}{text} (`lit-finetune {name} --help`)" for name, text in EXTRA_SUBCOMMANDS.items()) + "\n")
     build_cli(args)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
