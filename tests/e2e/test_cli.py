@@ -107,3 +107,14 @@ def test_bf16_mixed_fit_runs_on_cpu(tmp_path: Path, image_folder: Path) -> None:
     assert cli.trainer.precision == "bf16-mixed"
     assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
     assert cli.trainer.state.finished
+
+
+def test_lr_find_option_sets_the_head_lr_before_fitting(tmp_path: Path, image_folder: Path) -> None:
+    # 2 batches an epoch: the sweep's 100 steps need 50 epochs; the fit that follows stops after 2 steps.
+    config = write_config(tmp_path, image_folder, max_epochs=60, max_steps=2)
+    cli = build_cli(["fit", "--config", str(config), "--lr_find", "true", "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false"])
+    assert cli.model.head_lr is not None and 1e-6 <= cli.model.head_lr <= 1.0
+    assert (Path(cli.trainer.log_dir) / "lr_find.png").is_file()
+    # The suggestion is the head group's LR for the training that followed.
+    head_groups = [g for g in cli.trainer.optimizers[0].param_groups if g["name"].startswith("head")]
+    assert head_groups and all(g["lr"] == pytest.approx(cli.model.head_lr) for g in head_groups)
