@@ -82,7 +82,10 @@ def test_training_skips_bad_files_and_finishes_an_epoch(tmp_path):
     (root / "val" / "b" / "zero.png").write_bytes(b"")
     dm = ImageFolderDataModule(str(root), batch_size=4, num_workers=1, image_size=32, resize_size=32, backbone="resnet18")
     model = FinetuneClassifier(num_classes=dm.num_classes, backbone="resnet18")
-    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )
     with pytest.warns(UserWarning, match="5 of 29 images cannot be read"):
         trainer.fit(model, dm)  # the bad files are decoded in a worker process if not skipped
     assert trainer.current_epoch == 1 and trainer.global_step == 5  # 4*3 good + 6 converted odd files = 18 images, batches of 4

@@ -29,7 +29,7 @@ def _checkpoint_logits(ckpt, images):
 def test_export_state_dict_json_and_torchscript(tmp_path, one_epoch_run, images):
     ckpt = one_epoch_run["ckpt"]
     with pytest.raises(SystemExit) as done:
-        main(["export", "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "out"), "--torchscript", "true"])
+        main(["export", "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "out"), "--format", "state_dict", "--torchscript", "true"])
     assert done.value.code == 0
     config = json.loads((tmp_path / "out" / "model.json").read_text())
     assert config["class_names"] == ["a", "b", "c"]
@@ -44,14 +44,17 @@ def test_export_state_dict_json_and_torchscript(tmp_path, one_epoch_run, images)
         scripted = torch.jit.load(str(tmp_path / "out" / "model.torchscript.pt"))
         assert torch.equal(scripted(images), expected)
 
-    files = export_checkpoint(str(ckpt), str(tmp_path / "pt"), format="state_dict")
-    state = torch.load(files["weights"], weights_only=True)
+    state = torch.load(tmp_path / "out" / "model.pt", weights_only=True)  # a plain state_dict
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
 def test_export_onnx_matches_checkpoint(tmp_path, one_epoch_run, images):
     onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export is optional: pip install onnx onnxscript onnxruntime")
-    files = export_checkpoint(str(one_epoch_run["ckpt"]), str(tmp_path), onnx=True)
+    files = export_checkpoint(str(one_epoch_run["ckpt"]), str(tmp_path), onnx=True)  # + model.safetensors
+    model, _ = load_exported(tmp_path)
+    expected = _checkpoint_logits(one_epoch_run["ckpt"], images)
+    with torch.no_grad():
+        assert torch.equal(model(images)[keys.LOGITS], expected)
     session = onnxruntime.InferenceSession(files["onnx"])
     (logits,) = session.run(None, {"images": images.numpy()})  # batch of 5 though exported with 2: dynamic batch
-    np.testing.assert_allclose(logits, _checkpoint_logits(one_epoch_run["ckpt"], images).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-4)
