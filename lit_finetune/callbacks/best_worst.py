@@ -175,7 +175,7 @@ class BestWorstSamples(Callback):
 
         def payload(pos: Tensor) -> dict[str, Tensor]:
             return {
-                "image": fit_size(images[pos], self.tile_size).float(),
+                "image": self._shrink(images[pos]),
                 "target": target[pos],
                 "pred": pred[pos],
                 "prob": prob[pos].float(),
@@ -187,6 +187,10 @@ class BestWorstSamples(Callback):
             top.update(score, payload)
         if self.capture_nonfinite:
             self._capture_nonfinite(stage, score, payload, batch_idx)
+
+    def _shrink(self, images: Tensor) -> Tensor:
+        """Keep thumbnails no larger than the tile (small inputs are enlarged only when logged)."""
+        return fit_size(images, self.tile_size).float() if max(images.shape[-2:]) > self.tile_size else images.float()
 
     def _capture_nonfinite(self, stage: str, score: Tensor, payload: Callable[[Tensor], dict[str, Tensor]], batch_idx: int) -> None:
         # Branch-free, so that a clean step costs no host sync: the buffer is overwritten only once.
@@ -273,7 +277,7 @@ class BestWorstSamples(Callback):
             ]
             for i in range(len(state["score"]))
         ]
-        return tile_grid(caption_tiles(denormalize(state["image"], mean, std), captions))
+        return tile_grid(caption_tiles(fit_size(denormalize(state["image"], mean, std), self.tile_size), captions))
 
     def _log_nonfinite(
         self, stage: str, writer: Any, step: int, pl_module: LightningModule, gathered: dict[str, Tensor], taken: Tensor
