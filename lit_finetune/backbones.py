@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
-from lit_finetune.checkpoints import load_state_dict_file
+from lit_finetune.checkpoints import WeightsReport, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -81,26 +80,6 @@ def resolve_weights(backbone: str, weights: str | None) -> WeightsEnum | None:
     return enum[member]
 
 
-@dataclass
-class LoadReport:
-    """What happened when a local weights file was loaded."""
-
-    loaded: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    skipped_head: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"loaded {self.loaded} tensors"]
-        if self.skipped_head:
-            lines.append(f"skipped {len(self.skipped_head)} head tensors of another shape (the head is replaced, this is fine): {', '.join(self.skipped_head)}")
-        if self.missing:
-            lines.append(f"missing {len(self.missing)} keys (left at their initial values): {', '.join(self.missing[:10])}")
-        if self.unexpected:
-            lines.append(f"unexpected {len(self.unexpected)} keys (ignored): {', '.join(self.unexpected[:10])}")
-        return "; ".join(lines)
-
-
 def find_final_layer(model: nn.Module) -> tuple[str, nn.Module]:
     """Name and module of the final classification layer (last Linear/Conv2d registered)."""
     final = None
@@ -124,44 +103,20 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def load_weights_file(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> LoadReport:
-    """Load a local state_dict into a freshly built torchvision model (before head surgery).
+def load_weights_file(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> WeightsReport:
+    """Load a local weights file into a freshly built torchvision model (before head surgery).
 
-    Keys of the final layer whose shape differs (a file fine-tuned on other classes) are skipped,
-    since the head is replaced anyway. Any other shape mismatch is an error, and so are backbone
-    tensors that the file lacks. Keys the model does not have are reported.
+    Head tensors of another shape (a file fine-tuned on other classes) are skipped, since the head is
+    replaced anyway; any other shape mismatch is an error that lists every such key with a hint, and
+    so are backbone tensors that the file lacks. Keys the model does not have are reported.
 
     Raises:
         ValueError: a backbone tensor has another shape or is missing, or no key of the file matches the model.
     """
-    state = load_state_dict_file(path, trust_pickle=trust_pickle)
-    own = model.state_dict()
+    report = load_weights(model, path, trust_pickle=trust_pickle)
     head_name, _ = find_final_layer(model)
-    report = LoadReport()
-    usable = {}
-    for key, value in state.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif own[key].shape != value.shape:
-            if key.startswith((head_name + ".", "AuxLogits.fc.")):
-                report.skipped_head.append(key)
-                continue
-            raise ValueError(
-                f"Weights file '{path}' does not fit this backbone: '{key}' has shape {tuple(value.shape)} in the "
-                f"file but {tuple(own[key].shape)} in the model. Is the file for another architecture or variant?"
-            )
-        else:
-            usable[key] = value
-    if not usable:
-        raise ValueError(
-            f"No key of '{path}' matches the model ({len(state)} keys, e.g. {list(state)[:3]}; the model expects "
-            f"e.g. {list(own)[:3]}). Is it a state_dict of this backbone?"
-        )
-    model.load_state_dict(usable, strict=False)
-    report.loaded = len(usable)
-    # Head keys skipped above are expected to be "missing"; the aux heads are optional.
-    report.missing = [k for k in own if k not in usable and k not in report.skipped_head and not k.startswith(("aux1.", "aux2.", "AuxLogits."))]
-    backbone_missing = [k for k in report.missing if not k.startswith(head_name + ".") and not k.endswith("num_batches_tracked")]
+    optional = (head_name + ".", "aux1.", "aux2.", "AuxLogits.")
+    backbone_missing = [k for k in report.missing if not k.startswith(optional) and not k.endswith("num_batches_tracked")]
     if backbone_missing:
         raise ValueError(
             f"Weights file '{path}' lacks {len(backbone_missing)} backbone tensors of this model, e.g. "

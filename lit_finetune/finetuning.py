@@ -37,7 +37,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 log = logging.getLogger(__name__)
 
-FreezeSpec = Union[str, int, list[str]]
+FreezeSpec = Union[int, str, list[str]]  # int first: `--model.freeze 2` on the command line is the number 2
 """``"none"``, ``"backbone"``, the number of leading stages, or a list of module/parameter-name globs."""
 
 StageRule = Callable[[nn.Module], list[list[str]]]
@@ -280,6 +280,8 @@ def freeze_patterns(spec: FreezeSpec, stages: Sequence[Sequence[str]], backbone_
                 f"use 0..{len(stages)} ({len(stages)} freezes the whole backbone)."
             )
         return [f"{backbone_prefix}.{name}" for stage in stages[:spec] for name in stage]
+    if isinstance(spec, str) and spec.isdigit():
+        return freeze_patterns(int(spec), stages, backbone_prefix)
     if isinstance(spec, str):
         if spec == "none":
             return []
