@@ -1,16 +1,61 @@
 """lit-finetune: fine-tune torchvision models on your own images with PyTorch Lightning."""
 
+from lit_finetune import keys
 from lit_finetune.backbones import available_backbones, create_backbone
+from lit_finetune.callbacks import (
+    BestWorstSamples,
+    ClassificationReport,
+    DataTiming,
+    GradCAM,
+    GradientStats,
+    HParamsSummary,
+    InterruptCheckpoint,
+    NanGuard,
+    PredictionCSVWriter,
+    ResumableModelCheckpoint,
+    RNGStateCheckpoint,
+    UnfreezeSchedule,
+)
+from lit_finetune.checkpoints import AtomicCheckpointIO, UnsafeCheckpointError, load_state_dict_file, load_weights
 from lit_finetune.data import ImageFolderDataModule
+from lit_finetune.data.check import check_data
+from lit_finetune.export import export_checkpoint, load_exported
+from lit_finetune.finetuning import backbone_stages, register_stages, suggest_lr
 from lit_finetune.heads import ClassifierHead
 from lit_finetune.module import FinetuneClassifier
+from lit_finetune.schedulers import StepDecayLR, WarmupCosineLR
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtomicCheckpointIO",
+    "BestWorstSamples",
+    "ClassificationReport",
     "ClassifierHead",
+    "DataTiming",
     "FinetuneClassifier",
+    "GradCAM",
+    "GradientStats",
+    "HParamsSummary",
     "ImageFolderDataModule",
+    "InterruptCheckpoint",
+    "NanGuard",
+    "PredictionCSVWriter",
+    "RNGStateCheckpoint",
+    "ResumableModelCheckpoint",
+    "StepDecayLR",
+    "UnfreezeSchedule",
+    "UnsafeCheckpointError",
+    "WarmupCosineLR",
     "available_backbones",
+    "backbone_stages",
+    "check_data",
     "create_backbone",
+    "export_checkpoint",
+    "keys",
+    "load_exported",
+    "load_state_dict_file",
+    "load_weights",
+    "register_stages",
+    "suggest_lr",
 ]
