@@ -71,7 +71,7 @@ class TrainTimer(Callback):
         self.seconds = self.clock() - self.start
 
 
-def fit_once(args: argparse.Namespace, root: Path, logs: Path, with_callbacks: bool, max_steps: int = -1) -> float:
+def fit_once(args: argparse.Namespace, root: Path, logs: Path, with_callbacks: bool, limit_batches: int | None = None) -> float:
     seed_everything(0, verbose=False)
     model = FinetuneClassifier(num_classes=args.classes, backbone=args.backbone, optimizer=torch.optim.AdamW)
     data = ImageFolderDataModule(
@@ -80,9 +80,10 @@ def fit_once(args: argparse.Namespace, root: Path, logs: Path, with_callbacks: b
     )
     timer = TrainTimer(args.clock)
     trainer = Trainer(
-        max_epochs=args.epochs, max_steps=max_steps, accelerator=args.accelerator, devices=1, logger=TensorBoardLogger(str(logs)),
+        max_epochs=1 if limit_batches else args.epochs, accelerator=args.accelerator, devices=1, logger=TensorBoardLogger(str(logs)),
         callbacks=[timer, *(diagnostics() if with_callbacks else [])], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_train_batches=limit_batches, limit_val_batches=limit_batches,
     )
     trainer.fit(model, datamodule=data)
     return timer.samples / timer.seconds
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=64, help="training images per class")
+    parser.add_argument("--per-class", type=int, default=160, help="training images per class")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="fits per setting, alternating")
@@ -108,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
         write_images(root, args.classes, args.per_class, args.image_size)
-        fit_once(args, root, Path(tmp) / "warmup", with_callbacks=True, max_steps=2)  # warm caches and lazy imports
+        fit_once(args, root, Path(tmp) / "warmup", with_callbacks=True, limit_batches=2)  # lazy imports (captum, matplotlib)
         rates: dict[bool, list[float]] = {True: [], False: []}
         for round_ in range(args.rounds):
             for with_callbacks in (False, True) if round_ % 2 == 0 else (True, False):
