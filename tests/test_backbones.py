@@ -69,15 +69,26 @@ def test_inception_aux_head_is_rebuilt_and_adds_to_the_loss() -> None:
 
 
 def test_every_torchvision_classifier_has_a_final_layer_of_1000_outputs() -> None:
-    # The head finder relies on this rule; check it on the real (unbuilt) classes via meta tensors.
+    # The head finder relies on this rule; check it on every model, built on the meta device (no memory).
+    # regnet's builder reads tensor values, which meta tensors lack: those are
+    # checked on the CPU for the small members, which share one class and builder with the large ones.
     from torchvision.models import get_model
 
-    with torch.device("meta"):
-        for name in available_backbones():
-            kwargs = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
-            _, layer = find_final_layer(get_model(name, **kwargs))
-            out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-            assert out == 1000, name
+    def final_width(name: str) -> int:
+        kwargs = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+        _, layer = find_final_layer(get_model(name, **kwargs))
+        return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+    not_on_meta = []
+    for name in available_backbones():
+        try:
+            with torch.device("meta"):
+                assert final_width(name) == 1000, name
+        except NotImplementedError:
+            not_on_meta.append(name)
+    assert all(name.startswith("regnet_") for name in not_on_meta), not_on_meta
+    for name in ("regnet_x_400mf", "regnet_y_400mf"):
+        assert final_width(name) == 1000, name
 
 
 def test_unknown_backbone_suggests_close_names() -> None:

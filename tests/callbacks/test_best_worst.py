@@ -12,7 +12,7 @@ from lit_finetune import keys
 from lit_finetune.callbacks._images import denormalize
 from lit_finetune.callbacks.best_worst import BestWorstSamples, _RunningTopK
 
-from conftest import decode_image, text_of, val_losses
+from callback_helpers import decode_image, text_of, val_losses
 
 
 def _logged_indices(text: str, kind: str) -> list[int]:
@@ -75,7 +75,7 @@ def test_running_topk_matches_sort_across_batches_and_nan():
 
 
 def test_nonfinite_batch_captured(tmp_path, image_root):
-    from conftest import make_datamodule, make_model, make_trainer, read_events
+    from callback_helpers import make_datamodule, make_model, make_trainer, read_events
 
     def score(outputs):  # poison the second validation batch
         s = outputs["sample_loss"].clone()

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from pathlib import Path
-    from conftest import make_datamodule, make_model, make_trainer, make_image_folder
+    from callback_helpers import make_datamodule, make_model, make_trainer, make_image_folder
     from lit_finetune import keys
     from lit_finetune.callbacks.best_worst import BestWorstSamples
     from lit_finetune.callbacks.classification_report import ClassificationReport

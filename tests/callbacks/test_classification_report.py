@@ -7,7 +7,7 @@ import torch
 
 from lit_finetune.callbacks.classification_report import ClassificationReport
 
-from conftest import CLASSES, text_of, val_losses
+from callback_helpers import CLASSES, text_of, val_losses
 
 
 def _parse_table(text: str) -> list[list[int]]:

@@ -7,7 +7,7 @@ import torch
 
 from lit_finetune.callbacks.gradcam import GradCAM, find_target_layer
 
-from conftest import make_model
+from callback_helpers import make_model
 
 
 def test_state_unchanged(full_run):

@@ -10,7 +10,7 @@ from lit_finetune import keys
 from lit_finetune.callbacks.nan_guard import NanGuard
 from lit_finetune.module import FinetuneClassifier
 
-from conftest import make_datamodule, make_model, make_trainer
+from callback_helpers import make_datamodule, make_model, make_trainer
 
 BAD_BATCH = 1
 

@@ -14,7 +14,7 @@ from lit_finetune.callbacks.gradient_stats import GradientStats
 from lit_finetune.callbacks.hparams import HParamsSummary
 from lit_finetune.callbacks.nan_guard import NanGuard
 
-from conftest import make_datamodule, make_model, make_trainer
+from callback_helpers import make_datamodule, make_model, make_trainer
 
 
 def test_csv_logger_only(tmp_path, image_root):

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _helpers import write_config, write_dataset  # noqa: E402
+from reliability_helpers import write_config, write_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")

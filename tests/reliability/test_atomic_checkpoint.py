@@ -10,7 +10,7 @@ import textwrap
 import time
 
 import torch
-from _helpers import subprocess_env
+from reliability_helpers import subprocess_env
 
 from lit_finetune.checkpoints import AtomicCheckpointIO, atomic_save
 from lit_finetune.cli import build_cli

@@ -14,7 +14,7 @@ from lit_finetune.data.check import check_data
 from lit_finetune.data.datamodule import ImageFolderDataModule
 from lit_finetune.data.folder import load_rgb
 from lit_finetune.module import FinetuneClassifier
-from _helpers import write_images
+from reliability_helpers import write_images
 
 
 def _jpeg_bytes(size=(40, 24), mode="RGB", exif=None) -> bytes:

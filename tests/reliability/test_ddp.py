@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from _helpers import subprocess_env, write_config
+from reliability_helpers import subprocess_env, write_config
 
 from lit_finetune.cli import build_cli
 
@@ -21,7 +21,7 @@ def ddp_run(tmp_path_factory, dataset):
     command = [
         sys.executable, "-m", "lit_finetune.cli", "fit", "--config", str(config),
         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-        "--trainer.callbacks+=_helpers.SaveRankState", f"--trainer.callbacks.folder={tmp / 'ranks'}",
+        "--trainer.callbacks+=reliability_helpers.SaveRankState", f"--trainer.callbacks.folder={tmp / 'ranks'}",
     ]
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stderr[-4000:]

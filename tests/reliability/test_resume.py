@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import torch
-from _helpers import subprocess_env, write_config
+from reliability_helpers import subprocess_env, write_config
 
 from lit_finetune.cli import main
 
@@ -62,7 +62,7 @@ def test_sigterm_mid_epoch_saves_and_resume_loses_no_epoch(tmp_path, dataset):
     command = [sys.executable, "-m", "lit_finetune.cli", "fit", "--config", str(config)]
     # SIGTERM after the 2nd of 3 batches of epoch 1 (epoch 0 finished).
     first = subprocess.run(
-        command + ["--trainer.callbacks+=_helpers.SignalAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=1"],
+        command + ["--trainer.callbacks+=reliability_helpers.SignalAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=1"],
         env=subprocess_env(), capture_output=True, text=True, timeout=120,
     )
     assert first.returncode == 0, first.stderr[-3000:]  # a clean exit, not a crash
