@@ -60,7 +60,8 @@ def test_validation_metrics_equal_one_process_run(ddp_run, capsys):
     assert sorted(rank0["val_indices"] + rank1["val_indices"]) == list(range(9))
     assert rank0["metrics"] == rank1["metrics"]  # synced across ranks
     ckpt = ddp_run["tmp"] / "runs/run/version_0/checkpoints/last.ckpt"
-    cli = build_cli(["validate", "--config", str(ddp_run["config"]), "--ckpt_path", str(ckpt), "--trainer.logger", "false"])
+    cli = build_cli(["validate", "--config", str(ddp_run["config"]), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
+                     "--trainer.default_root_dir", str(ddp_run["tmp"] / "validate")])
     single = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert single["val/acc"] == rank0["metrics"]["val/acc"]
     assert single["val/f1"] == rank0["metrics"]["val/f1"]
