@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from lit_finetune import keys
-from lit_finetune.data import IMAGENET_MEAN, ImageFolderDataModule, default_preprocessing
+from lit_finetune.data import IMAGENET_MEAN, ImageDataset, ImageFolderDataModule, default_preprocessing
 
 
 def test_train_val_layout_gives_dict_samples(image_folder: Path) -> None:
@@ -104,3 +104,11 @@ def test_bad_options(image_folder: Path) -> None:
         ImageFolderDataModule(str(image_folder), batch_size=0)
     with pytest.raises(ValueError, match="val_fraction"):
         ImageFolderDataModule(str(image_folder), val_fraction=1.5)
+
+
+def test_train_augment_off_trains_on_the_evaluation_pipeline(image_folder: Path) -> None:
+    dm = ImageFolderDataModule(str(image_folder), num_workers=0, image_size=32, train_augment=False)
+    dm.setup("fit")
+    first, again = dm.train_set[3][keys.IMAGE], dm.train_set[3][keys.IMAGE]
+    assert torch.equal(first, again)
+    assert torch.equal(first, ImageDataset(dm.train_samples, dm.eval_transform)[3][keys.IMAGE])

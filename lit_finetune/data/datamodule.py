@@ -65,6 +65,8 @@ class ImageFolderDataModule(LightningDataModule):
         std: normalization std; None: likewise.
         crop_scale: area range of ``RandomResizedCrop`` in training.
         hflip: random horizontal flips in training.
+        train_augment: False trains on the evaluation pipeline (no random crop or flip): deterministic
+            inputs, as linear probing with ``model.cache_features`` needs.
         train_transform: a full replacement of the training pipeline (any transforms v2 module).
         eval_transform: a full replacement of the evaluation pipeline.
         predict_root: folder of images to predict (recursively, any layout); None: the validation set.
@@ -102,6 +104,7 @@ class ImageFolderDataModule(LightningDataModule):
         std: tuple[float, float, float] | None = None,
         crop_scale: tuple[float, float] = (0.08, 1.0),
         hflip: bool = True,
+        train_augment: bool = True,
         train_transform: nn.Module | None = None,
         eval_transform: nn.Module | None = None,
         predict_root: str | None = None,
@@ -131,8 +134,10 @@ class ImageFolderDataModule(LightningDataModule):
         self.predict_root = Path(predict_root) if predict_root else None
         self.class_names, self.train_samples, self.val_samples, self.test_samples = self._scan(val_fraction, split_seed)
         self.preprocessing = self._preprocessing(backbone, weights, image_size, resize_size, mean, std)
-        self.train_transform = train_transform or tfm.train_transform(self.preprocessing, crop_scale, hflip)
         self.eval_transform = eval_transform or tfm.eval_transform(self.preprocessing)
+        if train_transform is None:
+            train_transform = tfm.train_transform(self.preprocessing, crop_scale, hflip) if train_augment else self.eval_transform
+        self.train_transform = train_transform
 
     @property
     def num_classes(self) -> int:
