@@ -91,13 +91,13 @@ def main() -> None:
     timer = EpochTimer()
     plain_times = []
     plain_epoch(plain_model, loader, plain_opt, device)  # warm-up of both sides
-    for epoch in range(args.rounds + 1):
+    for round_ in range(args.rounds + 1):  # round 0 warms our side up
         trainer = Trainer(
-            max_epochs=epoch + 1, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+            max_epochs=1, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
         )
-        trainer.fit(ours, train_dataloaders=loader)  # continues from the previous epoch
-        if epoch > 0:
+        trainer.fit(ours, train_dataloaders=loader)  # one epoch, timed by EpochTimer
+        if round_ > 0:
             plain_times.append(plain_epoch(plain_model, loader, plain_opt, device))
     ours_ips = n_images / statistics.median(timer.times[1:])
     plain_ips = n_images / statistics.median(plain_times)

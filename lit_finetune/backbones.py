@@ -12,18 +12,17 @@ the last layer of ``classifier`` for alexnet/vgg/mobilenet/efficientnet/mnasnet/
 from __future__ import annotations
 
 import difflib
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
 from lit_finetune.checkpoints import WeightsReport, load_weights
 
-log = logging.getLogger(__name__)
 
 MIN_INPUT_SIZE = {"inception_v3": 75}
 """Smallest input side that each listed family accepts (others work from 32 px). inception_v3's
@@ -158,9 +157,7 @@ def create_backbone(
     model = get_model(name, weights=enum, **kwargs)
     if is_weights_file(weights):
         report = load_weights_file(model, weights, trust_pickle=trust_pickle)
-        log.info("Loaded %s into %s: %s", weights, name, report)
-        if report.unexpected:
-            log.warning("Weights file %s did not match %s exactly: %s", weights, name, report)
+        rank_zero_info(f"Loaded {weights} into {name}:\n{report}")
     head_name, head = find_final_layer(model)
     in_features = feature_size(head)
     set_submodule(model, head_name, nn.Identity())

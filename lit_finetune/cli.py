@@ -109,8 +109,11 @@ class FinetuneCLI(LightningCLI):
         from lit_finetune.finetuning import suggest_lr
 
         plot = Path(self.trainer.log_dir or ".") / "lr_find.png"
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        lr = suggest_lr(self.trainer, self.model, datamodule=self.datamodule, plot_path=str(plot))
+        if self.trainer.is_global_zero:  # every rank runs the sweep; one writes the plot
+            plot.parent.mkdir(parents=True, exist_ok=True)
+        lr = suggest_lr(self.trainer, self.model, datamodule=self.datamodule, plot_path=str(plot) if self.trainer.is_global_zero else None)
+        if not self.trainer.is_global_zero:
+            return
         if lr is None:
             print(
                 "lr_find: no suggestion (the sweep ended before enough steps: it runs up to 100 training steps within "

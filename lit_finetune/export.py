@@ -72,7 +72,7 @@ def preprocessing_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "crop_size": pre.crop_size,
         "mean": list(pre.mean),
         "std": list(pre.std),
-        "interpolation": "bilinear",
+        "interpolation": pre.interpolation.value,
         "steps": ["resize short side to resize_size", "center crop crop_size", "scale to [0, 1]", "normalize with mean and std"],
     }
 
@@ -92,6 +92,7 @@ def model_from_checkpoint(ckpt_path: str | Path, trust_pickle: bool = False) -> 
     hparams = checkpoint["hyper_parameters"]
     model_class = _import(hparams.get("_class_path", "lit_finetune.module.FinetuneClassifier"))
     model = model_class(**_init_args(hparams))
+    model.on_load_checkpoint(checkpoint)  # reconciles the loss's buffers, which come from the config
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
 

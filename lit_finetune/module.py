@@ -34,6 +34,8 @@ from lit_finetune.schedulers import WarmupCosineLR
 log = logging.getLogger(__name__)
 
 Task = Literal["multiclass", "multilabel", "binary"]
+LOSS_STATE_PREFIXES = ("loss.", "train_loss.", "val_loss.", "test_loss.")
+"""State-dict keys of the loss and of the metrics that wrap it."""
 
 
 class FinetuneClassifier(LightningModule):
@@ -235,8 +237,12 @@ class FinetuneClassifier(LightningModule):
         return not any(p.requires_grad for p in self.backbone.parameters())
 
     def backbone_features(self, images: Tensor) -> Any:
-        """The backbone's output for ``images``; a frozen backbone runs in eval mode without autograd (keeps no activations)."""
-        if not self.backbone_is_frozen():
+        """The backbone's output for ``images``; in training, a frozen backbone runs in eval mode without autograd (keeps no activations).
+
+        Outside training the backbone runs as it is, so that tools which need gradients with respect to
+        activations (Grad-CAM) work on a frozen backbone too.
+        """
+        if not (self.training and self.backbone_is_frozen()):
             return self.backbone(images)
         modes = [module.training for module in self.backbone.modules()]
         self.backbone.eval()
@@ -375,3 +381,13 @@ class FinetuneClassifier(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["class_names"] = self.class_names
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The loss is configuration, not learned state: its buffers (class weights) come from the config
+        # the model was built with, so a checkpoint saved with another loss still loads strictly.
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        for key in [k for k in state if k.startswith(LOSS_STATE_PREFIXES)]:
+            del state[key]
+        state.update({k: v for k, v in self.state_dict().items() if k.startswith(LOSS_STATE_PREFIXES)})

@@ -147,3 +147,22 @@ def test_global_dice_is_logged_with_its_exact_epoch_value(image_folder) -> None:
     # ... which is not the mean of batch values (3 + 3 + 2 samples).
     batch_means = [dice_loss(logits[i : i + 3], targets[i : i + 3], task="multiclass", num_classes=2) for i in (0, 3, 6)]
     assert abs(torch.stack(batch_means).mean().item() - logged) > 1e-6
+
+
+def test_checkpoint_with_a_weighted_loss_loads_into_a_model_built_without_it(tmp_path) -> None:
+    # The loss's class weights are a buffer in the state_dict; they belong to the config, not the checkpoint.
+    from lightning.pytorch import Trainer as _Trainer
+
+    weighted = FinetuneClassifier(num_classes=3, loss=nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 3.0])))
+    trainer = _Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(weighted)
+    trainer.save_checkpoint(tmp_path / "weighted.ckpt")
+    assert "loss.weight" in torch.load(tmp_path / "weighted.ckpt", weights_only=True)["state_dict"]
+    plain = FinetuneClassifier.load_from_checkpoint(tmp_path / "weighted.ckpt", weights_only=True)
+    assert torch.equal(plain.head.layers.fc.weight, weighted.head.layers.fc.weight)
+    assert "loss.weight" not in plain.state_dict()
+    # ... and the other way round: the configured weights stay.
+    trainer.strategy.connect(plain)
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    again = FinetuneClassifier.load_from_checkpoint(tmp_path / "plain.ckpt", weights_only=True, loss=nn.CrossEntropyLoss(weight=torch.tensor([3.0, 2.0, 1.0])))
+    assert again.loss.weight.tolist() == [3.0, 2.0, 1.0]

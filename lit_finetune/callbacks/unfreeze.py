@@ -11,7 +11,8 @@ Every stage's parameter group is in the optimizer from the start, with the LR th
 its gradients away from the optimizer, not by adding a group later. So
 
 - any scheduler (``OneCycleLR``, ``ReduceLROnPlateau``, ``LambdaLR``, ...) sees every group from
-  the first step, and per-group LR scales hold;
+  the first step, and per-group LR scales hold with those that scale each group's initial LR
+  (``OneCycleLR`` needs one ``max_lr`` per group for that);
 - the optimizer never changes shape: a checkpoint saved after a milestone resumes with all groups,
   their state and the scheduler's state, and continues as if never interrupted;
 - under DDP (world size > 1) no ``requires_grad`` flag changes after the model is wrapped (the

@@ -167,7 +167,7 @@ class ImageFolderDataModule(LightningDataModule):
         pre = default_preprocessing(backbone, weights)
         crop = image_size or pre.crop_size
         resize = resize_size or (round(crop * pre.resize_size / pre.crop_size) if image_size else pre.resize_size)
-        return Preprocessing(resize, crop, tuple(mean or pre.mean), tuple(std or pre.std))
+        return Preprocessing(resize, crop, tuple(mean or pre.mean), tuple(std or pre.std), pre.interpolation)
 
     def _drop_bad_images(self) -> None:
         """Scan all samples once; skip the unreadable ones or raise, as ``bad_images`` says."""

@@ -21,17 +21,20 @@ class Preprocessing:
     crop_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR
 
 
 def default_preprocessing(backbone: str | None, weights: str | None) -> Preprocessing:
-    """Preprocessing of the named weights (their ``transforms()``), else 256/224 with ImageNet statistics.
+    """Preprocessing of the named weights (their ``transforms()``: sizes, statistics, interpolation), else 256/224 bilinear with ImageNet statistics.
 
     inception_v3 without weights uses 342/299.
     """
     enum = resolve_weights(backbone, weights) if backbone else None
     if enum is not None:
         preset = enum.transforms()
-        return Preprocessing(int(preset.resize_size[0]), int(preset.crop_size[0]), tuple(preset.mean), tuple(preset.std))
+        return Preprocessing(
+            int(preset.resize_size[0]), int(preset.crop_size[0]), tuple(preset.mean), tuple(preset.std), preset.interpolation
+        )
     crop = DEFAULT_INPUT_SIZE.get(backbone or "", 224)
     return Preprocessing(round(crop * 256 / 224), crop, IMAGENET_MEAN, IMAGENET_STD)
 
@@ -42,12 +45,12 @@ def _to_normalized_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> li
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
     """Resize the short side, center crop, scale to [0, 1] and normalize."""
-    return v2.Compose([v2.Resize(pre.resize_size, antialias=True), v2.CenterCrop(pre.crop_size), *_to_normalized_tensor(pre.mean, pre.std)])
+    return v2.Compose([v2.Resize(pre.resize_size, interpolation=pre.interpolation, antialias=True), v2.CenterCrop(pre.crop_size), *_to_normalized_tensor(pre.mean, pre.std)])
 
 
 def train_transform(pre: Preprocessing, scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> v2.Compose:
     """RandomResizedCrop to the crop size, an optional horizontal flip, then normalize."""
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(pre.crop_size, scale=scale, antialias=True)]
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(pre.crop_size, scale=scale, interpolation=pre.interpolation, antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + _to_normalized_tensor(pre.mean, pre.std))

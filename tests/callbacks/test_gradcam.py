@@ -45,3 +45,12 @@ def test_layer_choice_follows_input_size():
 def test_validation():
     with pytest.raises(ValueError, match="num_images.*got 100"):
         GradCAM(num_images=100)
+
+
+def test_heatmaps_of_a_frozen_backbone():
+    # A frozen backbone skips autograd in training steps; at validation, Grad-CAM still needs its activations' gradients.
+    model = make_model(freeze="backbone").eval()
+    cam, pred, _ = GradCAM(num_images=2).heatmaps(model, torch.randn(2, 3, 64, 64))
+    assert cam.shape == (2, 1, 64, 64) and pred.shape == (2,)
+    assert torch.isfinite(cam).all() and (cam.flatten(1).amax(dim=1) > 0).all()
+    assert not model.training and all(not p.requires_grad for p in model.backbone.parameters())
