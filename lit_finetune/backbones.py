@@ -15,7 +15,6 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-import torch
 import torchvision
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn

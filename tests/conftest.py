@@ -24,6 +24,17 @@ def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 6, s
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a small shared CPU, more threads spin against each other and run many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """``root/train/<class>`` and ``root/val/<class>`` with two classes, 32 px PNGs."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from functools import partial
 
 import pytest
@@ -10,38 +9,14 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from lit_finetune import keys
 from lit_finetune.finetuning import is_held_in_eval, suggest_lr
 from lit_finetune.module import FinetuneClassifier
 from lit_finetune.schedulers import WarmupCosineLR
+from tiny_images import TinyImages
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared CPU, more threads spin against each other and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class TinyImages(Dataset):
-    """Two-class 32 px images held in memory, as dict samples (``noise`` > 0 adds random augmentation)."""
-
-    def __init__(self, n: int = 16, size: int = 32, noise: float = 0.0, seed: int = 0) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.targets = torch.arange(n) % 2
-        self.images = torch.randn(n, 3, size, size, generator=generator) + self.targets.view(-1, 1, 1, 1).float()
-        self.noise = noise
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        image = self.images[i] + self.noise * torch.randn_like(self.images[i])
-        return {keys.IMAGE: image, keys.TARGET: self.targets[i], keys.INDEX: i, keys.PATH: f"{i}.png"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loaders(n: int = 16, batch_size: int = 8, shuffle: bool = False, noise: float = 0.0) -> tuple[DataLoader, DataLoader]:

@@ -11,37 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from lit_finetune import keys
 from lit_finetune.callbacks.unfreeze import UnfreezeSchedule
 from lit_finetune.module import FinetuneClassifier
 from lit_finetune.schedulers import WarmupCosineLR
+from tiny_images import TinyImages
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAYER4 = "backbone.layer4."
 EARLIER = ("backbone.conv1", "backbone.bn1", "backbone.layer1.", "backbone.layer2.", "backbone.layer3.")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared CPU, more threads spin against each other and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class TinyImages(Dataset):
-    def __init__(self, n: int = 8, seed: int = 0) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.targets = torch.arange(n) % 2
-        self.images = torch.randn(n, 3, 32, 32, generator=generator) + self.targets.view(-1, 1, 1, 1).float()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {keys.IMAGE: self.images[i], keys.TARGET: self.targets[i], keys.INDEX: i, keys.PATH: f"{i}.png"}
 
 
 def make_model(**kwargs) -> FinetuneClassifier:
@@ -59,7 +39,7 @@ def make_trainer(epochs: int, callbacks: list, **kwargs) -> Trainer:
 
 
 def data() -> tuple[DataLoader, DataLoader]:
-    return DataLoader(TinyImages(), batch_size=4), DataLoader(TinyImages(4, seed=1), batch_size=4)
+    return DataLoader(TinyImages(8), batch_size=4), DataLoader(TinyImages(4, seed=1), batch_size=4)
 
 
 class Snapshots(Callback):
