@@ -63,6 +63,13 @@ def test_digits_demo_is_written_once(tmp_path: Path) -> None:
     assert dm.class_names == [str(d) for d in range(10)]
     assert len(dm.train_samples) + len(dm.val_samples) == 1797
     assert len(dm.val_samples) == 359
+    first = dm.val_samples[0][0]
+    stamp = Path(first).stat().st_mtime_ns
+    Path(first).write_bytes(Path(first).read_bytes())  # touch one file: writing the digits again would change its time
+    touched = Path(first).stat().st_mtime_ns
+    again = ImageFolderDataModule(str(tmp_path / "digits"), demo="digits", num_workers=0)
+    assert again.val_samples == dm.val_samples and Path(first).stat().st_mtime_ns == touched >= stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".digits-")]  # no temporary folder left
 
 
 def test_missing_root(tmp_path: Path) -> None:
