@@ -17,8 +17,12 @@ and are written atomically (``AtomicCheckpointIO``), an interrupted run writes `
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -68,6 +72,59 @@ def resume_logger_version(config) -> None:
         newest = max(runs, key=lambda p: p.stat().st_mtime)
         init_args.version = newest.parent.parent.name
         log.info("--ckpt_path last: resuming %s", newest.parent.parent)
+
+
+def config_files(args: list[str]) -> list[str]:
+    """Paths given with ``--config`` in a command line."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def yaml_location(paths: list[str], key: str) -> str | None:
+    """``file:line`` of a dotted key (or of its deepest part present) in the YAML files; the last file wins.
+
+    ``init_args`` levels are looked through, so ``model.lr_scheduler.gamma`` finds
+    ``model: {lr_scheduler: {init_args: {gamma: ...}}}``.
+    """
+    parts = key.split(".")
+    best: tuple[int, str] | None = None
+    for path in paths:
+        try:
+            node = yaml.compose(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        depth, line = 0, None
+        while isinstance(node, yaml.MappingNode) and depth < len(parts):
+            children = {k.value: (k, v) for k, v in node.value}
+            if parts[depth] in children:
+                key_node, node = children[parts[depth]]
+                line, depth = key_node.start_mark.line + 1, depth + 1
+            elif "init_args" in children:
+                node = children["init_args"][1]
+            else:
+                break
+        if line is not None and (best is None or depth >= best[0]):
+            best = (depth, f"{path}:{line}")
+    return best[1] if best else None
+
+
+class FinetuneArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors also say where in the YAML files the offending key is."""
+
+    config_paths: list[str] = []
+
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        for key in re.findall(r"""['"]((?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*)['"]""", message):
+            location = yaml_location(self.config_paths, key.removeprefix(f"{self.prog.split()[-1]}."))
+            if location:
+                message = f"{message}\n  in {location}"
+                break
+        return super().error(message, ex)
 
 
 class FinetuneCLI(LightningCLI):
@@ -122,6 +179,12 @@ class FinetuneCLI(LightningCLI):
         else:
             print(f"lr_find: head_lr = {lr} (plot: {plot})")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, list):
+            FinetuneArgumentParser.config_paths = config_files(argv)
+        super().parse_arguments(parser, args)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
         if config is not None and config.get("ckpt_path") == "last":
@@ -136,6 +199,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FinetuneCLI:
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        parser_class=FinetuneArgumentParser,
         args=args,
         run=run,
     )

@@ -118,3 +118,25 @@ def test_lr_find_option_sets_the_head_lr_before_fitting(tmp_path: Path, image_fo
     # The suggestion is the head group's LR for the training that followed.
     head_groups = [g for g in cli.trainer.optimizers[0].param_groups if g["name"].startswith("head")]
     assert head_groups and all(g["lr"] == pytest.approx(cli.model.head_lr) for g in head_groups)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected_line", "message"),
+    [
+        (["model:", "  backbone: resnet18", "  head_dropuot: 0.2", "data:", "  root: {root}"], 3, "model.head_dropuot"),
+        (["model:", "  backbone: resnet18", "data:", "  root: {root}", "  batch_size: many"], 5, "data.batch_size"),
+        (
+            ["model:", "  lr_scheduler:", "    class_path: torch.optim.lr_scheduler.StepLR", "    init_args:", "      gamma: 0.5",
+             "data:", "  root: {root}"],
+            2,
+            "model.lr_scheduler",
+        ),
+    ],
+)
+def test_config_errors_point_at_the_yaml_line(tmp_path: Path, image_folder: Path, capsys, lines, expected_line, message) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("\n".join(lines).format(root=image_folder) + "\n")
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert message in err and f"in {config}:{expected_line}" in err
