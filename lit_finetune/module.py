@@ -53,6 +53,10 @@ class FinetuneClassifier(LightningModule):
         head_dropout: dropout before each Linear layer of the head.
         loss: the loss module; it must accept ``reduction="none"`` (per-sample losses are kept for
             callbacks). None: cross-entropy (multiclass) or BCE-with-logits (multilabel, binary).
+            The mean of the per-sample losses is optimized. The logged epoch loss is their exact mean,
+            or, for losses of ``lit_finetune.losses`` that aggregate over the batch (``aggregation="global"``
+            Dice/Jaccard/Tversky), the loss's exact value over all samples (``LossMetric``); use
+            ``aggregation="per_sample"`` to make the two the same.
         label_smoothing: label smoothing of the default cross-entropy.
         aux_loss_weight: weight of inception_v3's auxiliary-head loss in training; 0 removes that head
             (needed for inputs under 299 px).
