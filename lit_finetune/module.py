@@ -38,6 +38,25 @@ LOSS_STATE_PREFIXES = ("loss.", "train_loss.", "val_loss.", "test_loss.")
 """State-dict keys of the loss and of the metrics that wrap it."""
 
 
+def predict_classes(logits: Tensor, task: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Class probabilities, the predicted class and its probability, per sample.
+
+    multiclass: softmax and argmax; multilabel: a sigmoid per class and the most probable class;
+    binary (one output): class 1 when its sigmoid is above 0.5, with the probability of the class chosen.
+    """
+    if task == "multiclass":
+        probs = logits.softmax(dim=1)
+        prob, pred = probs.max(dim=1)
+        return probs, pred, prob
+    probs = logits.sigmoid()
+    if task == "multilabel":
+        prob, pred = probs.max(dim=1)
+        return probs, pred, prob
+    p = probs.reshape(len(probs), -1)[:, 0]
+    pred = (p > 0.5).long()
+    return probs, pred, torch.where(pred.bool(), p, 1 - p)
+
+
 class FinetuneClassifier(LightningModule):
     """Fine-tune a torchvision classifier on your own classes.
 
@@ -357,15 +376,7 @@ class FinetuneClassifier(LightningModule):
         return out
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        logits = self(batch[keys.IMAGE])[keys.LOGITS]
-        if self.task == "multiclass":
-            probs = logits.softmax(dim=1)
-            prob, pred = probs.max(dim=1)
-        else:
-            probs = logits.sigmoid()
-            prob, pred = probs.max(dim=1) if self.task == "multilabel" else (probs[:, 0], (probs[:, 0] > 0.5).long())
-            if self.task == "binary":
-                prob = torch.where(pred.bool(), prob, 1 - prob)
+        probs, pred, prob = predict_classes(self(batch[keys.IMAGE])[keys.LOGITS], self.task)
         return {keys.PATH: batch[keys.PATH], keys.INDEX: batch[keys.INDEX], "pred": pred, "prob": prob, "probs": probs}
 
     def configure_optimizers(self) -> Any:

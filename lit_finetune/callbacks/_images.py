@@ -15,6 +15,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from lit_finetune.module import predict_classes
+
 LINE_HEIGHT = 11
 """Pixel height of one caption line (PIL's default bitmap font)."""
 
@@ -76,14 +78,8 @@ def class_label(index: int, class_names: Sequence[str] | None) -> str:
 
 
 def predictions(logits: Tensor, task: str) -> tuple[Tensor, Tensor]:
-    """Predicted class and its probability per sample (argmax of sigmoid for multilabel)."""
-    logits = logits.detach().float()
-    if task == "binary":
-        p = logits.reshape(len(logits), -1)[:, 0].sigmoid()
-        pred = (p > 0.5).long()
-        return pred, torch.where(pred.bool(), p, 1 - p)
-    probs = logits.sigmoid() if task == "multilabel" else logits.softmax(dim=1)
-    prob, pred = probs.max(dim=1)
+    """Predicted class and its probability per sample, as the module predicts them."""
+    _, pred, prob = predict_classes(logits.detach().float(), task)
     return pred, prob
 
 
