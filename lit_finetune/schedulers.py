@@ -23,6 +23,7 @@ Example::
 """
 
 import math
+from abc import ABC, abstractmethod
 from typing import Optional
 
 from torch.optim import Optimizer
@@ -31,16 +32,16 @@ from torch.optim.lr_scheduler import LRScheduler
 __all__ = ["StepDecayLR", "WarmupCosineLR"]
 
 
-class _GroupScaledLR(LRScheduler):
+class _GroupScaledLR(LRScheduler, ABC):
     """Closed-form scheduler: ``lr = initial_lr * lr_factor(last_epoch)`` for every group.
 
     Subclasses implement :meth:`lr_factor`. Groups added after construction get their
     ``initial_lr`` from their ``lr`` and join ``base_lrs``.
     """
 
+    @abstractmethod
     def lr_factor(self, step: int) -> float:
         """Multiplier of every group's ``initial_lr`` after ``step`` calls of :meth:`step`."""
-        raise NotImplementedError
 
     def get_lr(self) -> list[float]:
         self._add_new_groups()

@@ -9,6 +9,7 @@ gives a perfect score, which ``sum(p * t)`` does not).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Callable, Optional
 
 import torch
@@ -214,9 +215,9 @@ class _OverlapLoss(StatisticsLoss):
         self.validate_args = validate_args
         self.register_buffer("class_weights", _class_weights_for_stats(weights, task, include_background), persistent=False)
 
+    @abstractmethod
     def score(self, intersection: Tensor, pred_sum: Tensor, target_sum: Tensor) -> Tensor:
         """The overlap score ``(N, C)`` in [0, 1] from the statistics."""
-        raise NotImplementedError
 
     def sample_statistics(self, preds: Tensor, target: Tensor) -> Statistics:
         return _overlap_update(
