@@ -40,10 +40,8 @@ def check_backbone_name(name: str) -> None:
 
     Example::
 
-        >>> check_backbone_name("resnet181")
-        Traceback (most recent call last):
-        ...
-        ValueError: Unknown backbone 'resnet181'. Did you mean: resnet18, resnet101, ...
+        check_backbone_name("resnet18")   # fine
+        check_backbone_name("resnet181")  # ValueError: Unknown backbone 'resnet181'. Did you mean: resnet18, resnet101, ...?
     """
     names = available_backbones()
     if name in names:
