@@ -34,8 +34,8 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 """Prefixes added by ``nn.DataParallel`` / DDP (``module.``) and ``torch.compile`` (``_orig_mod.``)."""
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 """Entries under which checkpoints of various trainers keep the model's state_dict."""
-HEAD_PREFIXES = ("head.", "fc.", "classifier.", "heads.", "AuxLogits.fc.", "backbone.AuxLogits.fc.")
-"""Key prefixes of classification heads (ours and torchvision's): a shape mismatch there is expected."""
+AUX_HEAD_PREFIXES = ("AuxLogits.fc.", "backbone.AuxLogits.fc.", "aux1.fc2.", "backbone.aux1.fc2.", "aux2.fc2.", "backbone.aux2.fc2.")
+"""Final layers of inception_v3's and googlenet's auxiliary heads, which are rebuilt or removed."""
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -212,14 +212,45 @@ def _mismatch_hint(key: str, file_shape: tuple[int, ...], model_shape: tuple[int
     return "is the file for another architecture or variant (e.g. resnet34 weights for a resnet18)?"
 
 
-def compare_state_dicts(
-    model_state: Mapping[str, Tensor], file_state: Mapping[str, Tensor], head_prefixes: tuple[str, ...] = HEAD_PREFIXES
-) -> WeightsReport:
-    """Compare a file's state_dict with a model's, key by key, with a hint for each shape mismatch.
+def head_prefixes_of(model: nn.Module) -> tuple[str, ...]:
+    """Key prefixes of the layers that are replaced when fine-tuning ``model``: a shape mismatch there is expected.
+
+    For a ``FinetuneClassifier`` (``backbone`` + ``head``) that is the whole ``head``; for a torchvision
+    model it is only its final layer (``fc.``, ``classifier.6.`` for vgg), the one ``create_backbone``
+    replaces, plus the final layers of auxiliary heads. Hidden layers of a ``classifier`` block (vgg's
+    ``classifier.0``) stay in the backbone, so a mismatch there is an error.
 
     Example::
 
-        >>> report = compare_state_dicts({"fc.weight": torch.zeros(4, 8)}, {"fc.weight": torch.zeros(1000, 8)})
+        >>> import torchvision
+        >>> head_prefixes_of(torchvision.models.vgg11())[0]
+        'classifier.6.'
+    """
+    from lit_finetune.backbones import find_final_layer  # backbones imports this module
+
+    if isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(getattr(model, "head", None), nn.Module):
+        return ("head.", *AUX_HEAD_PREFIXES)
+    try:
+        name, _ = find_final_layer(model)
+    except ValueError:
+        return AUX_HEAD_PREFIXES
+    return (f"{name}.", *AUX_HEAD_PREFIXES)
+
+
+def compare_state_dicts(
+    model_state: Mapping[str, Tensor], file_state: Mapping[str, Tensor], head_prefixes: tuple[str, ...] = ()
+) -> WeightsReport:
+    """Compare a file's state_dict with a model's, key by key, with a hint for each shape mismatch.
+
+    Args:
+        model_state: the model's state_dict.
+        file_state: the file's state_dict.
+        head_prefixes: key prefixes of the replaced head (see ``head_prefixes_of``): mismatches there
+            go to ``head_mismatches``, all others to ``mismatches``.
+
+    Example::
+
+        >>> report = compare_state_dicts({"fc.weight": torch.zeros(4, 8)}, {"fc.weight": torch.zeros(1000, 8)}, ("fc.",))
         >>> print(report.head_mismatches[0].hint)
         the head has 1000 outputs in the file, you asked for 4: the head is replaced, this is fine
     """
@@ -257,8 +288,9 @@ def load_weights(
 
     Keys are matched as saved, or with the ``backbone.`` prefix removed or added, whichever fits the
     model best: a torchvision file loads into a ``FinetuneClassifier`` and a ``FinetuneClassifier``
-    checkpoint loads into a torchvision model. Head tensors of another shape are skipped (the head is
-    replaced); any other shape mismatch is an error that lists every such key with a hint.
+    checkpoint loads into a torchvision model. Tensors of the final layer (``head_prefixes_of``) of
+    another shape are skipped (that layer is replaced); any other shape mismatch, hidden layers of a
+    ``classifier`` block included, is an error that lists every such key with a hint.
 
     Args:
         model: the model to fill.
@@ -283,7 +315,7 @@ def load_weights(
         state = load_state_dict_file(weights, trust_pickle, map_location, backbone_keys=False)
     own = model.state_dict()
     state = _align_keys(set(own), state)
-    report = compare_state_dicts(own, state)
+    report = compare_state_dicts(own, state, head_prefixes_of(model))
     source = "the state_dict" if isinstance(weights, Mapping) else f"'{weights}'"
     if report.mismatches:
         details = "\n  ".join(str(m) for m in report.mismatches)

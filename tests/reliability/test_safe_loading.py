@@ -99,3 +99,37 @@ def test_shape_mismatches_are_reported_per_key_with_hints(tmp_path, resnet):
     assert "another architecture or variant" in message
     gray = compare_state_dicts({"conv1.weight": torch.zeros(64, 3, 7, 7)}, {"conv1.weight": torch.zeros(64, 1, 7, 7)})
     assert gray.mismatches[0].hint == "the file's layer takes 1 input channels, the model's 3"
+
+
+def test_hidden_classifier_layer_of_another_shape_is_an_error_not_a_skipped_head(tmp_path):
+    # mobilenet_v3's classifier is [Linear(576, 1024), Hardswish, Dropout, Linear(1024, 1000)]: only
+    # classifier.3 is replaced by the head, classifier.0 stays in the backbone and must load.
+    torch.manual_seed(0)
+    state = torchvision.models.mobilenet_v3_small(num_classes=10).state_dict()
+    other_head = tmp_path / "ten_classes.pth"
+    torch.save(state, other_head)
+    backbone, width = create_backbone("mobilenet_v3_small", str(other_head), num_classes=3)
+    assert width == 1024
+    assert torch.equal(backbone.classifier[0].weight, state["classifier.0.weight"])
+
+    state["classifier.0.weight"] = state["classifier.0.weight"][:512]
+    state["classifier.0.bias"] = state["classifier.0.bias"][:512]
+    hidden = tmp_path / "hidden_layer_resized.pth"
+    torch.save(state, hidden)
+    with pytest.raises(ValueError, match=r"classifier\.0\.weight: \(512, 576\) in the file, \(1024, 576\) in the model"):
+        create_backbone("mobilenet_v3_small", str(hidden))
+
+
+def test_head_prefixes_are_the_final_layer_only():
+    from lit_finetune.checkpoints import head_prefixes_of
+
+    assert head_prefixes_of(torchvision.models.alexnet())[0] == "classifier.6."
+    assert head_prefixes_of(torchvision.models.resnet18())[0] == "fc."
+    assert head_prefixes_of(FinetuneClassifier(num_classes=2, backbone="resnet18"))[0] == "head."
+    report = compare_state_dicts(
+        {"classifier.0.weight": torch.zeros(8, 4), "classifier.6.weight": torch.zeros(2, 8)},
+        {"classifier.0.weight": torch.zeros(16, 4), "classifier.6.weight": torch.zeros(1000, 8)},
+        head_prefixes_of(torchvision.models.alexnet()),
+    )
+    assert [m.key for m in report.mismatches] == ["classifier.0.weight"]
+    assert [m.key for m in report.head_mismatches] == ["classifier.6.weight"]
