@@ -45,7 +45,8 @@ class ImageFolderDataModule(LightningDataModule):
 
     ``root`` holds either ``train/`` and ``val/`` (and optionally ``test/``) folders of class folders,
     or the class folders directly, in which case ``val_fraction`` of each class is held out with a
-    fixed ``split_seed``. The folders are scanned when the module is created, so a missing folder, an
+    fixed ``split_seed``; there, a ``test/`` folder (and a ``val/`` one, which then replaces the held-out
+    share) is a split of class folders, never a class. The folders are scanned when the module is created, so a missing folder, an
     empty class or a class present in ``val/`` but not in ``train/`` is reported before training.
 
     Args:
@@ -152,8 +153,11 @@ class ImageFolderDataModule(LightningDataModule):
                 raise FileNotFoundError(f"'{self.root}' has train/ but no val/ folder. Add val/<class>/<images>, or put the class folders directly in root to split by `val_fraction`.")
             _, val = scan_image_folder(val_dir, classes)
         else:
-            classes, samples = scan_image_folder(self.root)
-            train, val = stratified_split(samples, val_fraction, seed)
+            classes, samples = self._scan_class_folders()
+            if val_dir.is_dir():
+                train, val = samples, scan_image_folder(val_dir, classes)[1]
+            else:
+                train, val = stratified_split(samples, val_fraction, seed)
             if not val:
                 raise ValueError(f"Too few images under '{self.root}' to hold out a validation set: add at least two images per class.")
         test = scan_image_folder(test_dir, classes)[1] if test_dir.is_dir() else []
@@ -161,6 +165,15 @@ class ImageFolderDataModule(LightningDataModule):
             raise FileNotFoundError(f"`predict_root` '{self.predict_root}' does not exist.")
         log.info("%s: %d classes, %d train / %d val / %d test images", self.root, len(classes), len(train), len(val), len(test))
         return classes, train, val, test
+
+    def _scan_class_folders(self) -> tuple[list[str], list[tuple[str, int]]]:
+        """Class folders directly under ``root``; ``test/`` and ``val/`` are splits there, not classes."""
+        found, samples = scan_image_folder(self.root)
+        classes = [name for name in found if name not in ("test", "val")]
+        if not classes:
+            raise ValueError(f"'{self.root}' has no class folders besides {sorted(set(found))}: put the images in {self.root}/<class name>/<image>.")
+        index = {found.index(name): i for i, name in enumerate(classes)}
+        return classes, [(path, index[target]) for path, target in samples if target in index]
 
     @staticmethod
     def _preprocessing(backbone, weights, image_size, resize_size, mean, std) -> Preprocessing:
