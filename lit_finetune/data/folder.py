@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
@@ -109,18 +110,29 @@ def load_rgb(path: str, max_side: int | None = None) -> Image.Image:
         return to_rgb(img)
 
 
+Target = int | tuple[float, ...]
+"""A sample's target as stored: a class index (multiclass), or floats (multi-hot for multilabel, ``(0.0,)`` /
+``(1.0,)`` for binary) that the dataset returns as a float tensor."""
+
+
+def binary_targets(samples: Sequence[tuple[str, int]]) -> list[tuple[str, Target]]:
+    """Folder samples of two classes as binary samples: class index 1 is the positive class."""
+    return [(path, (float(target),)) for path, target in samples]
+
+
 class ImageDataset(Dataset):
     """A list of ``(path, target)`` samples read as dicts ``{image, target, index, path}``.
 
     Args:
-        samples: file paths and class indices.
+        samples: file paths and targets: class indices (returned as ints), or tuples of floats
+            (multilabel multi-hot, binary ``(0.0,)``/``(1.0,)``: returned as float tensors).
         transform: applied to the PIL image (for example a transforms v2 pipeline).
         loader: reads a path into an image.
     """
 
     def __init__(
         self,
-        samples: Sequence[tuple[str, int]],
+        samples: Sequence[tuple[str, Target]],
         transform: Callable | None = None,
         loader: Callable[[str], Image.Image] = load_rgb,
     ) -> None:
@@ -143,8 +155,10 @@ class ImageDataset(Dataset):
             ) from err
         if self.transform is not None:
             image = self.transform(image)
+        if not isinstance(target, int):
+            target = torch.tensor(target, dtype=torch.float32)
         return {keys.IMAGE: image, keys.TARGET: target, keys.INDEX: index, keys.PATH: path}
 
     @property
-    def targets(self) -> list[int]:
+    def targets(self) -> list[Target]:
         return [t for _, t in self.samples]
