@@ -11,13 +11,14 @@ from typing import Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from lit_finetune.data.check import find_bad_images, format_report
-from lit_finetune.data.demo import write_digits
-from lit_finetune.data.folder import ImageDataset, list_images, scan_image_folder
+from lit_finetune.data.csv_labels import make_target, read_labels_csv
+from lit_finetune.data.demo import write_digit_pairs, write_digits
+from lit_finetune.data.folder import ImageDataset, binary_targets, list_images, scan_image_folder
 from lit_finetune.data import transforms as tfm
 from lit_finetune.data.transforms import Preprocessing, default_preprocessing
 
@@ -49,6 +50,12 @@ class ImageFolderDataModule(LightningDataModule):
     share) is a split of class folders, never a class. The folders are scanned when the module is created, so a missing folder, an
     empty class or a class present in ``val/`` but not in ``train/`` is reported before training.
 
+    With ``labels_csv``, the classes come from a CSV file instead (one row per image under ``root``, its
+    labels in a column or as one 0/1 column per class), which also serves multilabel data; see
+    :func:`lit_finetune.data.csv_labels.read_labels_csv`. Targets follow ``task``: a class index
+    (multiclass), a float multi-hot tensor of length ``num_classes`` (multilabel), a float tensor of shape
+    ``(1,)`` (binary; the second class, or a 1 in the single class column, is positive).
+
     Args:
         root: the data folder.
         batch_size: samples per batch (per process under DDP).
@@ -71,16 +78,30 @@ class ImageFolderDataModule(LightningDataModule):
         train_transform: a full replacement of the training pipeline (any transforms v2 module).
         eval_transform: a full replacement of the evaluation pipeline.
         predict_root: folder of images to predict (recursively, any layout); None: the validation set.
-        demo: ``"digits"`` writes scikit-learn's digits as PNG class folders into ``root`` if missing.
+        demo: ``"digits"`` writes scikit-learn's digits as PNG class folders into ``root`` if missing;
+            ``"digit_pairs"`` writes images of two or three digits and ``root/labels.csv`` (multilabel;
+            ``labels_csv`` and ``split_column`` then default to that file and its ``split`` column).
         check_images: decode every image once at set-up (in threads, JPEGs at reduced scale) to find
             unreadable files before training; turn off for very large data sets that are known good.
         bad_images: what to do with unreadable files (empty, truncated, corrupt, not images) found by that
             scan: ``"skip"`` them with a warning that lists them, or ``"error"``: stop before training.
             ``lit-finetune check-data <root>`` lists them without training.
+        labels_csv: a CSV of image paths (relative to ``root``) and their labels; None: class folders.
+        image_column: the CSV column of image paths, exactly as the files are named under ``root``.
+        label_column: the CSV column of labels separated by ``label_separator`` (``"cat dog"``); None: one
+            0/1 column per class (``class_columns``).
+        label_separator: separator of the labels in ``label_column``.
+        class_columns: the 0/1 class columns when ``label_column`` is None, in class order; None: every
+            column except the image and split columns.
+        split_column: the CSV column saying ``train``, ``val`` or ``test`` for each row; None: split by
+            ``val_fraction`` with ``split_seed`` (stratified for multiclass and binary).
+        task: ``"multiclass"``, ``"multilabel"`` (only with ``labels_csv``) or ``"binary"`` (two class
+            folders, two CSV labels or one CSV class column); linked from ``model.task`` by the CLI.
 
     Raises:
-        FileNotFoundError: ``root`` or ``predict_root`` does not exist.
-        ValueError: no images, an empty class folder, a class folder missing from ``train/``, bad options.
+        FileNotFoundError: ``root``, ``predict_root``, ``labels_csv`` or an image it names does not exist.
+        ValueError: no images, an empty class folder, a class folder missing from ``train/``, an unknown CSV
+            column, a row without the labels its task needs, a bad split value, bad options.
 
     Example::
 
@@ -112,6 +133,13 @@ class ImageFolderDataModule(LightningDataModule):
         demo: str | None = None,
         check_images: bool = True,
         bad_images: Literal["skip", "error"] = "skip",
+        labels_csv: str | None = None,
+        image_column: str = "image",
+        label_column: str | None = "labels",
+        label_separator: str = " ",
+        class_columns: list[str] | None = None,
+        split_column: str | None = None,
+        task: Literal["multiclass", "multilabel", "binary"] = "multiclass",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -120,20 +148,29 @@ class ImageFolderDataModule(LightningDataModule):
             raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}.")
-        if demo not in (None, "digits"):
-            raise ValueError(f"Unknown demo data set '{demo}'; the one available is 'digits'.")
+        if demo not in (None, "digits", "digit_pairs"):
+            raise ValueError(f"Unknown demo data set '{demo}'; the ones available are 'digits' and 'digit_pairs'.")
+        if task not in ("multiclass", "multilabel", "binary"):
+            raise ValueError(f"Unknown task '{task}'; choose multiclass, multilabel or binary.")
         if bad_images not in ("skip", "error"):
             raise ValueError(f"`bad_images` must be 'skip' or 'error', got {bad_images!r}.")
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
         if demo == "digits":
             write_digits(self.root)
+        if demo == "digit_pairs":
+            write_digit_pairs(self.root)
+            labels_csv = labels_csv or str(self.root / "labels.csv")
+            split_column = split_column or "split"
+        self.task = task
+        self.labels_csv = Path(labels_csv) if labels_csv else None
+        self.split_column = split_column
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.predict_root = Path(predict_root) if predict_root else None
-        self.class_names, self.train_samples, self.val_samples, self.test_samples = self._scan(val_fraction, split_seed)
+        self.class_names, self.train_samples, self.val_samples, self.test_samples = self._scan_samples(val_fraction, split_seed)
         self.preprocessing = self._preprocessing(backbone, weights, image_size, resize_size, mean, std)
         self.eval_transform = eval_transform or tfm.eval_transform(self.preprocessing)
         if train_transform is None:
@@ -142,8 +179,72 @@ class ImageFolderDataModule(LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        """Number of class folders in the training data."""
+        """Number of classes: class folders in the training data, or classes of the labels CSV."""
         return len(self.class_names)
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training images per class (multiclass, and binary with two classes) or positives per class
+        (multilabel, and binary with one class column), in ``class_names`` order."""
+        targets = [target for _, target in self.train_samples]
+        if self.task == "multiclass":
+            return [targets.count(i) for i in range(self.num_classes)]
+        positives = [round(sum(column)) for column in zip(*targets)]
+        if self.task == "binary" and self.num_classes == 2:
+            return [len(targets) - positives[0], positives[0]]
+        return positives
+
+    def _scan_samples(self, val_fraction: float, seed: int):
+        """Class names and train/val/test samples from the CSV or the folders, with targets for ``task``."""
+        if self.labels_csv is not None:
+            scanned = self._scan_csv(val_fraction, seed)
+        else:
+            scanned = self._scan_folders_for_task(val_fraction, seed)
+        self.class_names, self.train_samples = scanned[0], scanned[1]
+        counts = ", ".join(f"{name}={count}" for name, count in zip(self.class_names, self.class_counts))
+        rank_zero_info(f"{self.root}: training images per class: {counts}")
+        return scanned
+
+    def _scan_folders_for_task(self, val_fraction: float, seed: int):
+        if self.task == "multilabel":
+            raise ValueError("task 'multilabel' needs labels that class folders cannot give: set `data.labels_csv` to a CSV of images and their labels.")
+        classes, train, val, test = self._scan(val_fraction, seed)
+        if self.task == "binary":
+            if len(classes) != 2:
+                raise ValueError(f"task 'binary' needs two class folders, found {len(classes)}: {classes}. Use task 'multiclass'.")
+            train, val, test = binary_targets(train), binary_targets(val), binary_targets(test)
+        return classes, train, val, test
+
+    def _scan_csv(self, val_fraction: float, seed: int):
+        h = self.hparams
+        names, rows = read_labels_csv(
+            self.labels_csv, self.root, h.image_column, h.label_column, h.label_separator, h.class_columns, self.split_column, self.task
+        )
+        splits: dict[str | None, list] = {"train": [], "val": [], "test": [], None: []}
+        for row in rows:
+            splits[row.split].append((str(self.root / row.path), make_target(row.classes, len(names), self.task)))
+        if splits[None]:
+            splits["train"], splits["val"] = self._split_csv(splits[None], val_fraction, seed)
+        for split in ("train", "val"):
+            if not splits[split]:
+                raise ValueError(f"No {split} rows in '{self.labels_csv}': column '{self.split_column}' must name some rows '{split}'.")
+        if self.predict_root is not None and not self.predict_root.is_dir():
+            raise FileNotFoundError(f"`predict_root` '{self.predict_root}' does not exist.")
+        log.info("%s: %d classes, %d train / %d val / %d test images", self.labels_csv, len(names), len(splits["train"]), len(splits["val"]), len(splits["test"]))
+        return names, splits["train"], splits["val"], splits["test"]
+
+    def _split_csv(self, samples: list, val_fraction: float, seed: int) -> tuple[list, list]:
+        """Stratified for one label a row; a seeded shuffle for multilabel rows."""
+        if self.task != "multilabel":
+            train, val = stratified_split(samples, val_fraction, seed)
+        else:
+            items = sorted(samples)
+            random.Random(seed).shuffle(items)
+            n_val = max(1, round(len(items) * val_fraction))
+            train, val = sorted(items[n_val:]), sorted(items[:n_val])
+        if not val or not train:
+            raise ValueError(f"Too few rows in '{self.labels_csv}' to hold out a validation set: add rows or a split column.")
+        return train, val
 
     def _scan(self, val_fraction: float, seed: int):
         train_dir, val_dir, test_dir = self.root / "train", self.root / "val", self.root / "test"
