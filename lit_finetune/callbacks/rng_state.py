@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 
@@ -41,6 +43,44 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's global rank and the number of processes (``(0, 1)`` outside ``torch.distributed``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every process's :func:`collect_rng_states`, indexed by global rank (a collective under DDP)."""
+    own = collect_rng_states()
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return [own]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, own)
+    return gathered
+
+
+def restore_own_rng_states(per_rank: list[dict[str, Any]]) -> None:
+    """Restore this process's entry of :func:`gather_rng_states`.
+
+    A checkpoint written by another number of processes cannot give each process its own stream back:
+    rank 0 restores rank 0's states, the other processes keep their own (seeded) generators, and a
+    warning says the run is not an exact continuation.
+    """
+    rank, world_size = rank_and_world_size()
+    if len(per_rank) == world_size:
+        set_rng_states(per_rank[rank])
+        return
+    rank_zero_warn(
+        f"The checkpoint holds the random-generator states of {len(per_rank)} process(es), this run has {world_size}: "
+        "rank 0 restores rank 0's states, the other processes keep their own, so shuffling and augmentations "
+        "differ from an uninterrupted run."
+    )
+    if rank == 0:
+        set_rng_states(per_rank[0])
+
+
 class RNGStateCheckpoint(Callback):
     """Save the random generators' states in every checkpoint and restore them when training resumes.
 
@@ -48,8 +88,9 @@ class RNGStateCheckpoint(Callback):
     put back when the checkpoint is restored, before the first epoch's dataloader iterator is created
     (the sanity check runs with its own, isolated generator states). Together with ``seed_everything(..., workers=True)`` this makes
     ``fit`` for N epochs and ``fit`` for k epochs plus a resume to N give the same weights, shuffling and
-    augmentations. Under DDP the checkpoint holds rank 0's states (``DistributedSampler`` shuffles with
-    ``seed + epoch`` and does not depend on them).
+    augmentations. Under DDP the states of every process are gathered into the checkpoint (a list
+    indexed by global rank) and each process restores its own, so each keeps its own augmentation
+    stream; a checkpoint of another world size restores rank 0's states on rank 0 only, with a warning.
 
     The ``lit-finetune`` command adds it by default (``--rng_state``).
 
@@ -60,10 +101,12 @@ class RNGStateCheckpoint(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return collect_rng_states()
+        # Called on every rank while a checkpoint is assembled, so the gather is matched on all ranks.
+        return {"per_rank": gather_rng_states()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Callbacks are restored just before training starts; nothing between here and the first
         # epoch's dataloader iterator draws random numbers (Lightning isolates the sanity check's).
-        set_rng_states(state_dict)
+        # Checkpoints written before the states were kept per rank hold one process's states.
+        restore_own_rng_states(state_dict["per_rank"] if "per_rank" in state_dict else [state_dict])
