@@ -149,9 +149,11 @@ class FinetuneCLI(LightningCLI):
         # The data module picks default transforms from the model's weights ...
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("model.weights", "data.weights")
+        parser.link_arguments("model.task", "data.task")
         # ... and the model learns its classes from the data.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
         parser.add_argument(
             "--lr_find",
             type=bool,

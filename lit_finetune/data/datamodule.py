@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from lit_finetune.data.check import find_bad_images, format_report
+from lit_finetune.data.check import find_bad_images_once, format_report
 from lit_finetune.data.csv_labels import make_target, read_labels_csv
 from lit_finetune.data.demo import write_digit_pairs, write_digits
 from lit_finetune.data.folder import ImageDataset, binary_targets, list_images, scan_image_folder
@@ -184,15 +184,20 @@ class ImageFolderDataModule(LightningDataModule):
 
     @property
     def class_counts(self) -> list[int]:
-        """Training images per class (multiclass, and binary with two classes) or positives per class
-        (multilabel, and binary with one class column), in ``class_names`` order."""
+        """Training images per class in ``class_names`` order (multiclass), positives per class (multilabel),
+        or ``[negatives, positives]`` (binary, also with a single class column)."""
         targets = [target for _, target in self.train_samples]
         if self.task == "multiclass":
             return [targets.count(i) for i in range(self.num_classes)]
         positives = [round(sum(column)) for column in zip(*targets)]
-        if self.task == "binary" and self.num_classes == 2:
+        if self.task == "binary":
             return [len(targets) - positives[0], positives[0]]
         return positives
+
+    @property
+    def num_train_samples(self) -> int:
+        """Number of training images (the total that multilabel ``class_counts`` are positives out of)."""
+        return len(self.train_samples)
 
     def _scan_samples(self, val_fraction: float, seed: int):
         """Class names and train/val/test samples from the CSV or the folders, with targets for ``task``."""
@@ -201,8 +206,9 @@ class ImageFolderDataModule(LightningDataModule):
         else:
             scanned = self._scan_folders_for_task(val_fraction, seed)
         self.class_names, self.train_samples = scanned[0], scanned[1]
-        counts = ", ".join(f"{name}={count}" for name, count in zip(self.class_names, self.class_counts))
-        rank_zero_info(f"{self.root}: training images per class: {counts}")
+        names = ["negative", "positive"] if self.task == "binary" else self.class_names
+        counts = ", ".join(f"{name}={count}" for name, count in zip(names, self.class_counts))
+        rank_zero_info(f"{self.root}: {len(self.train_samples)} training images; per class: {counts}")
         return scanned
 
     def _scan_folders_for_task(self, val_fraction: float, seed: int):
@@ -289,7 +295,7 @@ class ImageFolderDataModule(LightningDataModule):
             return
         lists = {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}
         paths = [path for samples in lists.values() for path, _ in samples]
-        bad = find_bad_images(paths)
+        bad = find_bad_images_once(paths, self.trainer)  # rank 0 scans, the others get its result
         self.bad_files = bad
         if not bad:
             return
