@@ -16,8 +16,12 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lit_finetune.data.folder import list_images, load_rgb
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
 
 SCAN_SIDE = 64
 """JPEGs are decoded at a scale giving at least this many pixels a side."""
@@ -62,6 +66,26 @@ def find_bad_images(paths: Iterable[str | Path], num_threads: int | None = None)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         reasons = list(pool.map(check_image, paths, chunksize=64))
     return [BadImage(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
+def find_bad_images_once(paths: Sequence[str | Path], trainer: Trainer | None = None) -> list[BadImage]:
+    """``find_bad_images`` on global rank 0 only, its result broadcast to the other processes.
+
+    Every process of a DDP run indexes the same sample list (the distributed sampler splits it by
+    index), so one scan serves all of them instead of each process decoding the whole data set.
+
+    Args:
+        paths: image files, the same on every process.
+        trainer: the trainer the data module is attached to; None (or one process): scan here.
+
+    Example::
+
+        bad = find_bad_images_once(paths, datamodule.trainer)  # in LightningDataModule.setup
+    """
+    if trainer is None or trainer.world_size <= 1:
+        return find_bad_images(paths)
+    bad = find_bad_images(paths) if trainer.global_rank == 0 else None
+    return trainer.strategy.broadcast(bad, src=0)
 
 
 def format_report(bad: Sequence[BadImage], total: int, limit: int = 50) -> str:
