@@ -29,3 +29,7 @@ LOSS = "loss"
 """Scalar loss of the step (the value Lightning back-propagates in training)."""
 SAMPLE_LOSS = "sample_loss"
 """Detached per-sample losses, ``(N,)``: the input of best/worst selection."""
+
+# Extra key of the dict returned by ``predict_step``.
+PREDICTION = "prediction"
+"""A :class:`lit_finetune.tasks.Prediction` (probabilities, classes, multilabel label sets)."""

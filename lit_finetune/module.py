@@ -7,13 +7,15 @@ or ``parameter_groups`` and keep the rest (metrics, logging, optimizer and sched
 from __future__ import annotations
 
 import logging
+from copy import deepcopy
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import Accuracy, F1Score, MeanMetric, Metric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
+from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.backbones import MIN_INPUT_SIZE, create_backbone
@@ -29,32 +31,35 @@ from lit_finetune.finetuning import (
 from lit_finetune.finetuning import freeze as freeze_parameters
 from lit_finetune.heads import ClassifierHead
 from lit_finetune.losses import LossMetric, StatisticsLoss
+from lit_finetune.networks import ClassifierNetwork
 from lit_finetune.schedulers import WarmupCosineLR
+from lit_finetune.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
 
-Task = Literal["multiclass", "multilabel", "binary"]
-LOSS_STATE_PREFIXES = ("loss.", "train_loss.", "val_loss.", "test_loss.")
-"""State-dict keys of the loss and of the metrics that wrap it."""
+TaskName = Literal["multiclass", "multilabel", "binary"]
+LOSS_STATE_PREFIXES = ("loss.", "loss_per_sample.", "train_loss.", "val_loss.", "test_loss.")
+"""State-dict keys of the loss, of its per-sample copy and of the metrics that wrap it."""
 
 
-def predict_classes(logits: Tensor, task: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Class probabilities, the predicted class and its probability, per sample.
+def per_sample_copy(loss: nn.Module) -> nn.Module:
+    """A copy of ``loss`` that returns one value per sample, for callbacks (the configured loss is left as it is).
 
-    multiclass: softmax and argmax; multilabel: a sigmoid per class and the most probable class;
-    binary (one output): class 1 when its sigmoid is above 0.5, with the probability of the class chosen.
+    ``reduction="none"``; losses of ``lit_finetune.losses`` that aggregate over the batch score each sample
+    on its own (``aggregation="per_sample"``).
     """
-    if task == "multiclass":
-        probs = logits.softmax(dim=1)
-        prob, pred = probs.max(dim=1)
-        return probs, pred, prob
-    probs = logits.sigmoid()
-    if task == "multilabel":
-        prob, pred = probs.max(dim=1)
-        return probs, pred, prob
-    p = probs.reshape(len(probs), -1)[:, 0]
-    pred = (p > 0.5).long()
-    return probs, pred, torch.where(pred.bool(), p, 1 - p)
+    if not hasattr(loss, "reduction"):
+        raise ValueError(
+            f"The loss {type(loss).__name__} has no `reduction` attribute: the module needs a per-sample value of it "
+            "for the callbacks (reduction='none'). Give it a `reduction` argument or override `sample_losses`."
+        )
+    copy = deepcopy(loss)
+    copy.reduction = "none"
+    if getattr(copy, "aggregation", None) == "global":
+        copy.aggregation = "per_sample"
+    for param in copy.parameters():
+        param.requires_grad_(False)
+    return copy
 
 
 class FinetuneClassifier(LightningModule):
@@ -70,13 +75,25 @@ class FinetuneClassifier(LightningModule):
             multi-hot targets) or ``"binary"`` (one sigmoid output).
         head_hidden_dims: widths of hidden layers in the head; empty for a single Linear layer.
         head_dropout: dropout before each Linear layer of the head.
-        loss: the loss module; it must accept ``reduction="none"`` (per-sample losses are kept for
-            callbacks). None: cross-entropy (multiclass) or BCE-with-logits (multilabel, binary).
-            The mean of the per-sample losses is optimized. The logged epoch loss is their exact mean,
-            or, for losses of ``lit_finetune.losses`` that aggregate over the batch (``aggregation="global"``
-            Dice/Jaccard/Tversky), the loss's exact value over all samples (``LossMetric``); use
-            ``aggregation="per_sample"`` to make the two the same.
+        loss: the loss module, optimized exactly as configured (its own ``reduction`` and ``aggregation``:
+            a global Dice is computed over the whole batch). It needs a ``reduction`` attribute: a detached
+            copy with ``reduction="none"`` (and ``aggregation="per_sample"``) gives the per-sample losses that
+            callbacks read. None: cross-entropy (multiclass) or BCE-with-logits (multilabel, binary).
+            The logged epoch loss is exact: for losses of ``lit_finetune.losses`` that aggregate over the
+            batch, the loss over all samples of the epoch (``LossMetric``); otherwise the batch losses'
+            mean weighted by batch size.
         label_smoothing: label smoothing of the default cross-entropy.
+        threshold: multilabel and binary: the probability above which a label is predicted (one value,
+            or one per class for multilabel). Used by predictions, F1 and exact-match metrics.
+        class_weights: multiclass: per-class weights of the default cross-entropy, or ``"auto"``
+            (inverse frequency from ``class_counts``).
+        pos_weight: multilabel and binary: ``pos_weight`` of the default BCE (one per class), or ``"auto"``
+            (negatives / positives per class from ``class_counts``).
+        class_counts: training images per class (multilabel: positives per class), filled in from the data
+            by the command line; needed for ``"auto"`` weights.
+        image_mean: normalization mean of the input images (used to show them in TensorBoard); None:
+            that of the weights. The command line links it from the data.
+        image_std: likewise, the normalization std.
         aux_loss_weight: weight of inception_v3's auxiliary-head loss in training; 0 removes that head
             (needed for inputs under 299 px).
         backbone_kwargs: extra arguments of the torchvision builder, e.g. ``{"image_size": 64}`` for a
@@ -119,7 +136,7 @@ class FinetuneClassifier(LightningModule):
         num_classes: int,
         backbone: str = "resnet18",
         weights: str | None = None,
-        task: Task = "multiclass",
+        task: TaskName = "multiclass",
         head_hidden_dims: list[int] | None = None,
         head_dropout: float = 0.0,
         loss: nn.Module | None = None,
@@ -140,16 +157,14 @@ class FinetuneClassifier(LightningModule):
         layer_decay: float = 1.0,
         no_weight_decay_norm_bias: bool = True,
         cache_features: bool = False,
+        threshold: float | list[float] = 0.5,
+        class_weights: Literal["auto"] | list[float] | None = None,
+        pos_weight: Literal["auto"] | list[float] | None = None,
+        class_counts: list[int] | None = None,
+        image_mean: tuple[float, float, float] | None = None,
+        image_std: tuple[float, float, float] | None = None,
     ) -> None:
         super().__init__()
-        if task not in ("multiclass", "multilabel", "binary"):
-            raise ValueError(f"Unknown task '{task}'; choose multiclass, multilabel or binary.")
-        if task == "binary" and num_classes not in (1, 2):
-            raise ValueError(f"task='binary' needs num_classes 1 or 2 (one output), got {num_classes}. Use task='multiclass' for more classes.")
-        if num_classes < 1 or (task == "multiclass" and num_classes < 2):
-            raise ValueError(f"num_classes={num_classes} is too small for task '{task}'.")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}: they must match.")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
         if backbone_lr_mult < 0 or not 0 < layer_decay <= 1 or (head_lr is not None and head_lr <= 0):
@@ -159,20 +174,25 @@ class FinetuneClassifier(LightningModule):
             )
         # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
-        self.task = task
+        self.task: Task = build_task(task, num_classes, class_names, threshold)
         self.num_classes = num_classes
-        self.num_outputs = 1 if task == "binary" else num_classes
-        self.class_names = list(class_names) if class_names else None
+        self.num_outputs = self.task.num_outputs
+        self.class_names = self.task.class_names
         self.backbone_name = backbone
         self.weights = weights
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         pre = default_preprocessing(backbone, weights)
-        self.image_mean, self.image_std = pre.mean, pre.std
+        self.image_mean = tuple(image_mean) if image_mean is not None else pre.mean
+        self.image_std = tuple(image_std) if image_std is not None else pre.std
         self.min_input_size = MIN_INPUT_SIZE.get(backbone, 32)
 
         self.backbone, self.feature_size = self.build_backbone()
         self.head = self.build_head(self.feature_size)
+        # The same two modules as a plain nn.Module (not registered twice): export and research code use it.
+        self.__dict__["network"] = ClassifierNetwork(self.backbone, self.head, channels_last)
+        if channels_last:  # before the optimizer and any DDP wrapping see the parameters
+            self.to(memory_format=torch.channels_last)
         self.head_lr = head_lr
         self.stages = backbone_stages(self.backbone)
         self.frozen_parameters = set(freeze_parameters(self, freeze_patterns(freeze, self.stages), train_bn=train_bn))
@@ -180,7 +200,9 @@ class FinetuneClassifier(LightningModule):
             raise ValueError("cache_features=True feeds cached features to the head and bypasses `forward`: leave it off in subclasses that override `forward`.")
         self.feature_caches = {"train": FeatureCache(), "val": FeatureCache()}
         self.loss = self._prepare_loss(loss)
+        self.loss_per_sample = per_sample_copy(self.loss)
         self.train_loss, self.val_loss, self.test_loss = (self._epoch_loss_metric() for _ in range(3))
+        self.loss_term_metrics = nn.ModuleDict()
         metrics = self.build_metrics()
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -203,41 +225,34 @@ class FinetuneClassifier(LightningModule):
         return ClassifierHead(in_features, self.num_outputs, self.hparams.head_hidden_dims, self.hparams.head_dropout)
 
     def build_metrics(self) -> MetricCollection:
-        """Metrics computed on train, val and test (torchmetrics, reduced correctly under DDP)."""
-        if self.task == "binary":
-            return MetricCollection({"acc": Accuracy(task="binary"), "f1": F1Score(task="binary")})
-        if self.task == "multilabel":
-            n = self.num_classes
-            return MetricCollection({"acc": Accuracy(task="multilabel", num_labels=n), "f1": F1Score(task="multilabel", num_labels=n, average="macro")})
-        metrics = {
-            "acc": Accuracy(task="multiclass", num_classes=self.num_classes),
-            "f1": F1Score(task="multiclass", num_classes=self.num_classes, average="macro"),
-        }
-        if self.num_classes >= 5:
-            metrics["acc_top5"] = Accuracy(task="multiclass", num_classes=self.num_classes, top_k=5)
-        return MetricCollection(metrics)
+        """Metrics computed on train, val and test (torchmetrics, reduced correctly under DDP): the task's."""
+        return self.task.build_metrics()
 
     def forward(self, images: Tensor, return_features: bool = False) -> dict[str, Tensor]:
         """Class logits of ``images`` (``(N, 3, H, W)``, normalized) and, if asked, their pooled features."""
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        out = self.backbone_features(images)
-        aux = None
-        if isinstance(out, tuple):  # inception_v3 in training: (features, aux_logits)
-            out, aux = out
-        result = {keys.LOGITS: self.head(out)}
-        if return_features:
-            result[keys.FEATURES] = out
-        if aux is not None:
-            result[keys.AUX_LOGITS] = aux
-        return result
+        return self.network(images, return_features=return_features)
+
+    def loss_terms(self, outputs: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
+        """The loss terms of a batch, each a scalar, already weighted; their sum is optimized.
+
+        ``loss``: the configured loss on the logits, exactly as configured; ``loss_aux``: inception_v3's
+        auxiliary head in training. A subclass adds terms here. With more than one term, ``<stage>/loss`` is
+        their sum and each is also logged: ``<stage>/loss_main``, ``<stage>/loss_aux``, ``<stage>/<name>``.
+        """
+        terms = {keys.LOSS: self.loss(outputs[keys.LOGITS], target).mean()}
+        if keys.AUX_LOGITS in outputs:
+            terms["loss_aux"] = self.hparams.aux_loss_weight * self.loss(outputs[keys.AUX_LOGITS], target).mean()
+        return terms
 
     def compute_loss(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:
-        """Per-sample losses, shape ``(N,)``: the mean is optimized, the values go to callbacks."""
-        loss = self._per_sample(self.loss(outputs[keys.LOGITS], target))
-        if keys.AUX_LOGITS in outputs:
-            loss = loss + self.hparams.aux_loss_weight * self._per_sample(self.loss(outputs[keys.AUX_LOGITS], target))
-        return loss
+        """The scalar that is optimized: the sum of :meth:`loss_terms`."""
+        return torch.stack(list(self.loss_terms(outputs, target).values())).sum()
+
+    @torch.no_grad()
+    def sample_losses(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:
+        """Detached per-sample values of the configured loss, shape ``(N,)``, for callbacks (best/worst samples)."""
+        loss = self.loss_per_sample(outputs[keys.LOGITS].detach(), target)
+        return loss.flatten(1).mean(1) if loss.ndim > 1 else loss
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Parameter groups handed to the optimizer (each may set its own ``lr``/``weight_decay``; ``name`` shows in LearningRateMonitor).
@@ -257,70 +272,74 @@ class FinetuneClassifier(LightningModule):
 
     def backbone_is_frozen(self) -> bool:
         """True when no backbone parameter requires a gradient: the backbone then runs in eval mode under ``no_grad``."""
-        return not any(p.requires_grad for p in self.backbone.parameters())
+        return self.network.backbone_is_frozen()
 
     def backbone_features(self, images: Tensor) -> Any:
-        """The backbone's output for ``images``; in training, a frozen backbone runs in eval mode without autograd (keeps no activations).
+        """The backbone's output for ``images`` (see :meth:`ClassifierNetwork.features`)."""
+        return self.network.features(images)
 
-        Outside training the backbone runs as it is, so that tools which need gradients with respect to
-        activations (Grad-CAM) work on a frozen backbone too.
-        """
-        if not (self.training and self.backbone_is_frozen()):
-            return self.backbone(images)
-        modes = [module.training for module in self.backbone.modules()]
-        self.backbone.eval()
-        try:
-            with torch.no_grad():
-                return self.backbone(images)
-        finally:
-            for module, mode in zip(self.backbone.modules(), modes):
-                module.training = mode
+    def prepare_target(self, target: Tensor) -> Tensor:
+        """Targets as the loss expects them (the task checks them and says what is wrong)."""
+        return self.task.prepare_target(target)
 
     # ------------------------------------------------------------------ helpers
     def _prepare_loss(self, loss: nn.Module | None) -> nn.Module:
+        weight = self._loss_weight()
         if loss is None:
-            if self.task == "multiclass":
-                return nn.CrossEntropyLoss(reduction="none", label_smoothing=self.hparams.label_smoothing)
-            return nn.BCEWithLogitsLoss(reduction="none")
-        if not hasattr(loss, "reduction"):
-            raise ValueError(
-                f"The loss {type(loss).__name__} has no `reduction` attribute: the module needs per-sample losses "
-                "(reduction='none'). Wrap it or override `compute_loss`."
-            )
-        loss.reduction = "none"
+            return self.task.default_loss(self.hparams.label_smoothing, weight)
+        if weight is not None:
+            raise ValueError("`class_weights` / `pos_weight` configure the default loss; give them to your own `loss` instead.")
         return loss
+
+    def _loss_weight(self) -> Tensor | None:
+        class_weights, pos_weight = self.hparams.class_weights, self.hparams.pos_weight
+        if class_weights is not None and self.task.name != "multiclass":
+            raise ValueError(f"`class_weights` is for task 'multiclass'; task '{self.task.name}' takes `pos_weight`.")
+        if pos_weight is not None and self.task.name == "multiclass":
+            raise ValueError("`pos_weight` is for tasks 'multilabel' and 'binary'; task 'multiclass' takes `class_weights`.")
+        value = class_weights if class_weights is not None else pos_weight
+        if value is None:
+            return None
+        if value == "auto":
+            counts = self.hparams.class_counts
+            if not counts:
+                raise ValueError("'auto' loss weights need `class_counts` (filled in from the data by the command line; give them in Python).")
+            weight = self.task.class_weights(counts, int(self._num_train_samples(counts)))
+            log.info("Loss weights from the label counts %s: %s", list(counts), [round(float(w), 4) for w in weight])
+            return weight
+        weight = torch.as_tensor(value, dtype=torch.float32)
+        if len(weight) != self.num_outputs:
+            raise ValueError(f"{len(weight)} loss weights given for {self.num_outputs} outputs: give one per class.")
+        return weight
+
+    def _num_train_samples(self, counts: list[int]) -> int:
+        total = getattr(self.hparams, "num_train_samples", None)
+        # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
+        return int(total) if total else int(sum(counts))
 
     def _epoch_loss_metric(self) -> Metric:
         # Losses of lit_finetune.losses that aggregate globally (a Dice over all samples) get their exact
-        # epoch value from summed statistics; for the others the exact epoch value is the mean of the
-        # per-sample losses, kept as a sum and a count (both reduce correctly under DDP).
-        return LossMetric(self.loss) if isinstance(self.loss, StatisticsLoss) else MeanMetric()
+        # epoch value from summed statistics (when the module optimizes that loss alone); for the others
+        # the epoch value is the mean of the batch losses weighted by batch size (reduces under DDP).
+        alone = type(self).loss_terms is FinetuneClassifier.loss_terms and type(self).compute_loss is FinetuneClassifier.compute_loss
+        if isinstance(self.loss, StatisticsLoss) and alone and self.backbone_name != "inception_v3":
+            return LossMetric(self.loss)
+        return MeanMetric()
 
-    def _update_epoch_loss(self, stage: str, sample_loss: Tensor, logits: Tensor, target: Tensor) -> None:
-        metric = getattr(self, f"{stage}_loss")
+    def _log_losses(self, stage: str, terms: dict[str, Tensor], total: Tensor, logits: Tensor, target: Tensor) -> None:
+        metric, n = getattr(self, f"{stage}_loss"), len(logits)
         if isinstance(metric, LossMetric):
             metric.update(logits, target)
         else:
-            metric.update(sample_loss.detach())
-
-    @staticmethod
-    def _per_sample(loss: Tensor) -> Tensor:
-        return loss.flatten(1).mean(1) if loss.ndim > 1 else loss
-
-    def prepare_target(self, target: Tensor) -> Tensor:
-        """Targets as the loss expects them: class indices (multiclass) or floats shaped like the logits."""
-        if self.task == "binary":
-            return target.float().reshape(-1, 1)
-        if self.task == "multilabel":
-            return target.float()
-        return target
-
-    def _metric_inputs(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        if self.task == "binary":
-            return logits.squeeze(1), target.reshape(-1).long()
-        if self.task == "multilabel":
-            return logits, target.long()
-        return logits, target
+            metric.update(total.detach(), weight=n)
+        if len(terms) > 1:
+            for name, value in terms.items():
+                key = f"{stage}_{name}"
+                if key not in self.loss_term_metrics:
+                    self.loss_term_metrics[key] = MeanMetric().to(self.device)
+                self.loss_term_metrics[key].update(value.detach(), weight=n)
+                tag = f"{stage}/loss_main" if name == keys.LOSS else f"{stage}/{name}"
+                self.log(tag, self.loss_term_metrics[key], on_step=False, on_epoch=True)
 
     def _cached_forward(self, batch: dict, stage: str) -> dict[str, Tensor]:
         """Logits from cached features (computed with the frozen backbone on first sight)."""
@@ -336,25 +355,27 @@ class FinetuneClassifier(LightningModule):
     def _shared_step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         target = self.prepare_target(batch[keys.TARGET])
         outputs = self._cached_forward(batch, stage) if self._uses_cache(batch, stage) else self(batch[keys.IMAGE])
-        sample_loss = self.compute_loss(outputs, target)
+        terms = self.loss_terms(outputs, target) if type(self).compute_loss is FinetuneClassifier.compute_loss else None
+        total = torch.stack(list(terms.values())).sum() if terms is not None else self.compute_loss(outputs, target)
         logits = outputs[keys.LOGITS].detach()
-        self._update_epoch_loss(stage, sample_loss, logits, target)
-        getattr(self, f"{stage}_metrics").update(*self._metric_inputs(logits, batch[keys.TARGET]))
+        self._log_losses(stage, terms or {keys.LOSS: total}, total, logits, target)
+        if not self.task.is_soft(batch[keys.TARGET]):  # a mixed batch is not scored against hard labels
+            getattr(self, f"{stage}_metrics").update(*self.task.metric_inputs(logits, batch[keys.TARGET]))
         return {
-            keys.LOSS: sample_loss.mean(),
-            keys.SAMPLE_LOSS: sample_loss.detach(),
+            keys.LOSS: total,
+            keys.SAMPLE_LOSS: self.sample_losses(outputs, target),
             keys.LOGITS: logits,
             keys.TARGET: batch[keys.TARGET],
             keys.INDEX: batch[keys.INDEX],
         }
 
     # ------------------------------------------------------------------ Lightning hooks
+    @override
     def on_fit_start(self) -> None:
         for cache in self.feature_caches.values():
             cache.clear()  # the weights may have changed since the last fit
-        if self.hparams.channels_last:
-            self.to(memory_format=torch.channels_last)
 
+    @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self._shared_step(batch, "train")
         self.log("train/loss", out[keys.LOSS], on_step=True, on_epoch=False, prog_bar=True)
@@ -362,6 +383,7 @@ class FinetuneClassifier(LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return out
 
+    @override
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self._shared_step(batch, "val")
         # Logged as metric objects: Lightning computes them once per epoch over all samples (and ranks).
@@ -369,16 +391,26 @@ class FinetuneClassifier(LightningModule):
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
         return out
 
+    @override
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self._shared_step(batch, "test")
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
         return out
 
+    @override
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        probs, pred, prob = predict_classes(self(batch[keys.IMAGE])[keys.LOGITS], self.task)
-        return {keys.PATH: batch[keys.PATH], keys.INDEX: batch[keys.INDEX], "pred": pred, "prob": prob, "probs": probs}
+        prediction = self.task.predict(self(batch[keys.IMAGE])[keys.LOGITS])
+        return {
+            keys.PATH: batch[keys.PATH],
+            keys.INDEX: batch[keys.INDEX],
+            keys.PREDICTION: prediction,
+            "pred": prediction.pred,
+            "prob": prediction.prob,
+            "probs": prediction.probs,
+        }
 
+    @override
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
         apply_lr_scales(optimizer, self.head_lr)
@@ -394,9 +426,11 @@ class FinetuneClassifier(LightningModule):
             config["monitor"] = self.hparams.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["class_names"] = self.class_names
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The loss is configuration, not learned state: its buffers (class weights) come from the config
         # the model was built with, so a checkpoint saved with another loss still loads strictly.

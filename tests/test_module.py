@@ -36,9 +36,16 @@ def test_step_output_carries_per_sample_losses() -> None:
 
 def test_label_smoothing_and_custom_loss() -> None:
     model = FinetuneClassifier(num_classes=3, label_smoothing=0.1)
-    assert model.loss.label_smoothing == 0.1 and model.loss.reduction == "none"
-    model = FinetuneClassifier(num_classes=3, loss=nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 3.0])))
-    assert model.loss.reduction == "none"
+    assert model.loss.label_smoothing == 0.1 and model.loss.reduction == "mean"
+    # The configured loss keeps its meaning; callbacks read a detached per-sample copy.
+    loss = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 3.0]))
+    model = FinetuneClassifier(num_classes=3, loss=loss).eval()
+    assert model.loss is loss and loss.reduction == "mean" and model.loss_per_sample.reduction == "none"
+    batch = tiny_batch()
+    out = model.validation_step(batch, 0)
+    logits = out[keys.LOGITS]
+    torch.testing.assert_close(out[keys.LOSS], F.cross_entropy(logits, batch[keys.TARGET], weight=loss.weight))
+    torch.testing.assert_close(out[keys.SAMPLE_LOSS], F.cross_entropy(logits, batch[keys.TARGET], weight=loss.weight, reduction="none"))
 
     class NoReduction(nn.Module):
         def forward(self, preds, target):
@@ -113,9 +120,10 @@ class FinetuneWithFeaturePenalty(FinetuneClassifier):
     def forward(self, images, return_features=True):
         return super().forward(images, return_features=True)
 
-    def compute_loss(self, outputs, target):
-        loss = super().compute_loss(outputs, target)  # per sample, shape (N,)
-        return loss + self.feature_penalty * outputs[keys.FEATURES].pow(2).sum(1)
+    def loss_terms(self, outputs, target):
+        terms = super().loss_terms(outputs, target)  # {"loss": the configured loss}
+        terms["loss_features"] = self.feature_penalty * outputs[keys.FEATURES].pow(2).sum(1).mean()
+        return terms  # their sum is optimized; each is logged (train/loss_features, ...)
 
 
 def test_readme_subclass_adds_its_auxiliary_loss() -> None:
@@ -124,8 +132,13 @@ def test_readme_subclass_adds_its_auxiliary_loss() -> None:
     batch = tiny_batch()
     out = model.validation_step(batch, 0)
     features = model(batch[keys.IMAGE])[keys.FEATURES]
-    expected = F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET], reduction="none") + 0.5 * features.pow(2).sum(1)
-    torch.testing.assert_close(out[keys.SAMPLE_LOSS], expected)
+    ce = F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET], reduction="none")
+    torch.testing.assert_close(out[keys.LOSS], ce.mean() + 0.5 * features.pow(2).sum(1).mean())
+    torch.testing.assert_close(out[keys.SAMPLE_LOSS], ce)  # callbacks rank samples by the configured loss
+    # Every term is logged: the epoch loss is the optimized sum, and each part has its own metric.
+    torch.testing.assert_close(model.val_loss.compute(), out[keys.LOSS])
+    torch.testing.assert_close(model.loss_term_metrics["val_loss_features"].compute(), 0.5 * features.pow(2).sum(1).mean())
+    torch.testing.assert_close(model.loss_term_metrics["val_loss"].compute(), ce.mean())
     assert model.hparams.feature_penalty == 0.5
 
 

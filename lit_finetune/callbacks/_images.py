@@ -15,8 +15,6 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from lit_finetune.module import predict_classes
-
 LINE_HEIGHT = 11
 """Pixel height of one caption line (PIL's default bitmap font)."""
 
@@ -68,24 +66,3 @@ def colorize(heatmaps: Tensor, cmap: str = "jet") -> Tensor:
     table = torch.tensor(matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3], dtype=torch.float32)
     idx = (heatmaps.detach().float().cpu().clamp(0, 1) * 255).round().long().squeeze(1)
     return table[idx].permute(0, 3, 1, 2)
-
-
-def class_label(index: int, class_names: Sequence[str] | None) -> str:
-    """The name of class ``index`` if known, else the index itself."""
-    if class_names and 0 <= index < len(class_names):
-        return str(class_names[index])
-    return str(index)
-
-
-def predictions(logits: Tensor, task: str) -> tuple[Tensor, Tensor]:
-    """Predicted class and its probability per sample, as the module predicts them."""
-    _, pred, prob = predict_classes(logits.detach().float(), task)
-    return pred, prob
-
-
-def target_label(target: Tensor, task: str, class_names: Sequence[str] | None) -> str:
-    """Readable true label of one sample: a class (multiclass, binary) or the positive classes (multilabel)."""
-    if task == "multilabel":
-        positives = target.reshape(-1).nonzero().flatten().tolist()
-        return "+".join(class_label(i, class_names) for i in positives) or "-"
-    return class_label(int(target.reshape(-1)[0].item()), class_names)

@@ -17,8 +17,9 @@ from torch import Tensor
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.callbacks._images import caption_tiles, class_label, denormalize, fit_size, predictions, target_label, tile_grid
+from lit_finetune.callbacks._images import caption_tiles, denormalize, fit_size, tile_grid
 from lit_finetune.callbacks._tensorboard import has_tensorboard, tensorboard_writer
+from lit_finetune.tasks import task_of
 
 Stage = Literal["train", "val"]
 MAX_K = 32
@@ -171,14 +172,13 @@ class BestWorstSamples(Callback):
         score = (self.score_fn(outputs) if self.score_fn is not None else outputs[keys.SAMPLE_LOSS]).detach().reshape(-1)
         images = batch[keys.IMAGE].detach()
         target = outputs[keys.TARGET].detach().reshape(len(score), -1).float()
-        pred, prob = predictions(outputs[keys.LOGITS], getattr(pl_module, "task", "multiclass"))
+        logits = outputs[keys.LOGITS].detach().float()
 
         def payload(pos: Tensor) -> dict[str, Tensor]:
             return {
                 "image": self._shrink(images[pos]),
                 "target": target[pos],
-                "pred": pred[pos],
-                "prob": prob[pos].float(),
+                "logits": logits[pos],
                 "score": score[pos].float(),
                 keys.INDEX: outputs[keys.INDEX][pos].long(),
             }
@@ -265,14 +265,13 @@ class BestWorstSamples(Callback):
         return {n: v[keep_t] for n, v in state.items()}
 
     def _grid(self, state: dict[str, Tensor], pl_module: LightningModule) -> Tensor:
-        names = getattr(pl_module, "class_names", None)
-        task = getattr(pl_module, "task", "multiclass")
-        mean = getattr(pl_module, "image_mean", (0.0, 0.0, 0.0))
-        std = getattr(pl_module, "image_std", (1.0, 1.0, 1.0))
+        task = task_of(pl_module, type(self).__name__)
+        mean, std = pl_module.image_mean, pl_module.image_std
+        prediction = task.predict(state["logits"])
         captions = [
             [
-                f"true {target_label(state['target'][i], task, names)}",
-                f"pred {class_label(int(state['pred'][i]), names)} {float(state['prob'][i]):.2f}",
+                f"true {task.target_text(state['target'][i])}",
+                f"pred {task.prediction_text(prediction, i)}",
                 f"loss {float(state['score'][i]) + 0.0:.3g}",  # + 0.0: no "-0"
             ]
             for i in range(len(state["score"]))

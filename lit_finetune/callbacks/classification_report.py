@@ -16,8 +16,8 @@ from torchmetrics import AUROC, Accuracy, ConfusionMatrix, Metric, MetricCollect
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.callbacks._images import class_label
 from lit_finetune.callbacks._tensorboard import has_tensorboard, tensorboard_writer
+from lit_finetune.tasks import Task, task_of
 
 
 class ConfidenceHistogram(Metric):
@@ -98,20 +98,17 @@ class ClassificationReport(Callback):
         """The confusion matrix logged last (rows: true class, columns: predicted), on the CPU."""
 
     # ------------------------------------------------------------------ setup
-    def _build(self, task: str, num_classes: int) -> MetricCollection:
-        args: dict[str, Any] = {"task": task}
-        if task == "multiclass":
-            args["num_classes"] = num_classes
-        elif task == "multilabel":
-            args["num_labels"] = num_classes
-        per_class = {} if task == "binary" else {"average": None}
+    def _build(self, task: Task) -> MetricCollection:
+        args = task.torchmetrics_args()
+        args.pop("threshold", None)
+        per_class = {"average": None} if task.num_outputs > 1 else {}
         metrics: dict[str, Metric] = {
             "pr": PrecisionRecallCurve(**args, thresholds=self.num_thresholds),
             "auroc": AUROC(**args, **per_class, thresholds=self.num_thresholds),
             "acc": Accuracy(**args, **per_class),
             "hist": ConfidenceHistogram(self.histogram_bins),
         }
-        if task != "multilabel":
+        if task.confusion_names() is not None:
             metrics["confusion"] = ConfusionMatrix(**args)
         # Each metric keeps its own state: compute groups would share it across different metrics.
         return MetricCollection(metrics, compute_groups=False)
@@ -119,11 +116,9 @@ class ClassificationReport(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._enabled = has_tensorboard(trainer, type(self).__name__)
-        self.task = getattr(pl_module, "task", "multiclass")
-        if not isinstance(getattr(pl_module, "num_classes", None), int):
-            raise ValueError(f"ClassificationReport needs `num_classes` (an int) on the module; {type(pl_module).__name__} has none.")
-        self.num_classes = pl_module.num_classes
-        self.metrics = self._build(self.task, self.num_classes).to(pl_module.device)
+        self.task = task_of(pl_module, type(self).__name__)
+        self.num_classes = self.task.num_classes
+        self.metrics = self._build(self.task).to(pl_module.device)
 
     def _active(self, trainer: Trainer) -> bool:
         return self._enabled and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
@@ -140,22 +135,9 @@ class ClassificationReport(Callback):
     ) -> None:
         if not self._active(trainer) or self.metrics is None or not isinstance(outputs, dict):
             return
-        logits, target = outputs[keys.LOGITS].float(), outputs[keys.TARGET]
-        if self.task == "multiclass":
-            probs = logits.softmax(dim=1)
-            prob, pred = probs.max(dim=1)
-            correct = pred == target
-        else:
-            probs = logits.sigmoid()
-            if self.task == "binary":
-                probs, target = probs.reshape(-1), target.reshape(-1)
-                pred = probs > 0.5
-                prob = torch.where(pred, probs, 1 - probs)
-                correct = pred == target.bool()
-            else:
-                prob, correct = (probs - 0.5).abs() + 0.5, (probs > 0.5) == target.bool()
-                prob, correct = prob.flatten(), correct.flatten()
-        target = target.long()
+        if self.task.is_soft(outputs[keys.TARGET]):
+            return
+        probs, target, prob, correct = self.task.report_inputs(outputs[keys.LOGITS].float(), outputs[keys.TARGET])
         for name, metric in self.metrics.items():
             if name == "hist":
                 metric.update(prob, correct)
@@ -172,9 +154,7 @@ class ClassificationReport(Callback):
         if writer is None:
             return
         step = trainer.global_step
-        names = [class_label(i, getattr(pl_module, "class_names", None)) for i in range(self.num_classes)]
-        if self.task == "binary":
-            names = [names[-1]]
+        names = self.task.report_names()
         self._log_per_class(writer, step, names, results)
         self._log_pr_curves(writer, step, names, pr_state)
         hist = results["hist"]
@@ -183,7 +163,7 @@ class ClassificationReport(Callback):
             _add_histogram(writer, f"report/max_prob_{kind}", hist[kind].cpu(), edges, step)
         if "confusion" in results:
             self.confusion = results["confusion"].cpu().long()
-            self._log_confusion(writer, step, self.confusion, names if self.task == "multiclass" else ["0", "1"])
+            self._log_confusion(writer, step, self.confusion, self.task.confusion_names() or names)
 
     # ------------------------------------------------------------------ writers
     def _pr_counts(self) -> Tensor:

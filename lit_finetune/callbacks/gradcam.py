@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.callbacks._images import caption_tiles, class_label, colorize, denormalize, fit_size, predictions, target_label, tile_grid
+from lit_finetune.callbacks._images import caption_tiles, colorize, denormalize, fit_size, tile_grid
 from lit_finetune.callbacks._tensorboard import has_tensorboard, tensorboard_writer
+from lit_finetune.tasks import Task, task_of
 
 Reshape = Literal["none", "tokens", "channels_last"]
 MAX_IMAGES = 32
@@ -229,39 +230,36 @@ class GradCAM(Callback):
         """
         from captum.attr import LayerGradCam
 
-        task = getattr(pl_module, "task", "multiclass")
+        task = task_of(pl_module, type(self).__name__)
         with torch.inference_mode(False), torch.enable_grad(), preserved_state(pl_module):
             x = images.to(pl_module.device).clone()
             if self._layer is None:
                 self._layer = (self.target_layer, self.reshape) if self.target_layer else find_target_layer(pl_module, x, self.min_map_size)
             name, reshape = self._layer
             logits = _logits(pl_module(x)).detach()
-            pred, prob = predictions(logits, task)
-            explained = self._explained(pred, targets, task, logits.shape[1])
+            prediction = task.predict(logits)
+            explained = self._explained(task, logits, targets)
             with exposed_map(pl_module.get_submodule(name), reshape) as layer:
-                gradcam = LayerGradCam(lambda inp: _logits(pl_module(inp)), layer)
+                gradcam = LayerGradCam(lambda inp: task.explained_logits(_logits(pl_module(inp))), layer)
                 cam = gradcam.attribute(x, target=explained.tolist(), relu_attributions=True)
             cam = F.interpolate(cam.detach().float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
             cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        return cam.cpu(), pred.cpu(), prob.cpu()
+        self._last_prediction = prediction
+        return cam.cpu(), prediction.pred.cpu(), prediction.prob.cpu()
 
-    def _explained(self, pred: Tensor, targets: Tensor | None, task: str, outputs: int) -> Tensor:
-        if outputs == 1:
-            return torch.zeros_like(pred)  # the single logit of a binary model
-        if self.explain == "true" and targets is not None and task == "multiclass":
+    def _explained(self, task: Task, logits: Tensor, targets: Tensor | None) -> Tensor:
+        """The output column explained per image: the predicted class, or the true one when asked and defined."""
+        pred = task.explained_class(logits)
+        if self.explain == "true" and targets is not None and targets.ndim == 1 and not targets.is_floating_point():
             return targets.to(pred.device).long()
         return pred
 
     def _grid(self, pl_module: LightningModule, images: Tensor, heatmaps: Tensor, targets: Tensor, pred: Tensor, prob: Tensor) -> Tensor:
-        names = getattr(pl_module, "class_names", None)
-        task = getattr(pl_module, "task", "multiclass")
-        mean, std = getattr(pl_module, "image_mean", (0.0,) * 3), getattr(pl_module, "image_std", (1.0,) * 3)
-        pictures = denormalize(images.float().cpu(), mean, std)
+        task = task_of(pl_module, type(self).__name__)
+        pictures = denormalize(images.float().cpu(), pl_module.image_mean, pl_module.image_std)
         overlay = (1 - self.alpha) * pictures + self.alpha * colorize(heatmaps)
-        captions = [
-            [f"true {target_label(targets[i], task, names)}", f"pred {class_label(int(pred[i]), names)} {float(prob[i]):.2f}"]
-            for i in range(len(images))
-        ]
+        prediction = self._last_prediction
+        captions = [[f"true {task.target_text(targets[i])}", f"pred {task.prediction_text(prediction, i)}"] for i in range(len(images))]
         return tile_grid(caption_tiles(fit_size(overlay, self.tile_size), captions))
 
 

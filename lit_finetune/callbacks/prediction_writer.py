@@ -12,13 +12,16 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from typing_extensions import override
 
 from lit_finetune import keys
+from lit_finetune.tasks import task_of
 
 
 class PredictionCSVWriter(BasePredictionWriter):
-    """Write ``path, predicted class, probability`` for each image predicted.
+    """Write the prediction of each image: ``index``, ``path``, then the task's columns.
 
-    Columns: ``index``, ``path``, ``pred_index``, ``pred_class`` (the class name when the model knows
-    its classes), ``probability`` (of the predicted class). Under DDP each rank writes its own file
+    Multiclass and binary: ``pred_index``, ``pred_class`` (the class name when the model knows its
+    classes), ``probability`` (of the predicted class). Multilabel: ``labels`` (every label above its
+    threshold, space-separated), ``probabilities`` (theirs, in the same order), ``top_class`` and
+    ``top_probability``. Under DDP each rank writes its own file
     with a ``.rank<N>`` suffix.
 
     Args:
@@ -45,18 +48,17 @@ class PredictionCSVWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any) -> None:
         # One list per predict dataloader when there are several.
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        names = getattr(pl_module, "class_names", None)
+        task = task_of(pl_module, type(self).__name__)
         path = self._path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["index", "path", "pred_index", "pred_class", "probability"])
+            writer.writerow(["index", "path", *task.prediction_columns()])
             for batch in batches:
-                for index, file, pred, prob in zip(
-                    torch.as_tensor(batch[keys.INDEX]).tolist(), batch[keys.PATH], batch["pred"].tolist(), batch["prob"].tolist()
-                ):
-                    writer.writerow([index, file, pred, names[pred] if names else pred, f"{prob:.6f}"])
+                prediction = batch[keys.PREDICTION]
+                for i, (index, file) in enumerate(zip(torch.as_tensor(batch[keys.INDEX]).tolist(), batch[keys.PATH])):
+                    writer.writerow([index, file, *task.prediction_row(prediction, i)])
         tmp.replace(path)
         self.written = path
         print(f"Predictions written to {path}")

@@ -185,4 +185,4 @@ def val_losses(run: FullRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     images = torch.stack([s[keys.IMAGE] for s in samples])
     targets = torch.tensor([int(s[keys.TARGET]) for s in samples])
     logits = model(images)[keys.LOGITS]
-    return model.compute_loss({keys.LOGITS: logits}, targets), logits, targets
+    return model.sample_losses({keys.LOGITS: logits}, targets), logits, targets

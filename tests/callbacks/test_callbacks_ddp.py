@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent(
                 samples = [datamodule.val_set[i] for i in range(len(datamodule.val_set))]
                 images = torch.stack([s[keys.IMAGE] for s in samples])
                 targets = torch.tensor([int(s[keys.TARGET]) for s in samples])
-                losses = model.compute_loss(model(images), targets)
+                losses = model.sample_losses(model(images), targets)
             selected = best_worst.selected["val"]
             result = dict(log_dir=trainer.logger.log_dir, losses=losses.tolist(), selected=selected, steps=trainer.global_step)
             (out / "result.json").write_text(json.dumps(result))

@@ -1,0 +1,77 @@
+"""Plain ``nn.Module`` networks, usable without Lightning (export, research code).
+
+``ClassifierNetwork`` is a backbone (the torchvision model with its final layer removed) and a head
+on its pooled features. ``FinetuneClassifier`` holds the same two modules under the same names
+(``backbone``, ``head``), so a checkpoint's ``state_dict`` loads into either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_finetune import keys
+
+
+class ClassifierNetwork(nn.Module):
+    """Backbone plus head: ``forward(images)`` returns ``{"logits": ...}`` (and ``features`` when asked).
+
+    In training mode, a backbone with no trainable parameter runs in eval mode under ``no_grad``
+    (it keeps no activations for backward: the frozen-backbone fast path).
+
+    Args:
+        backbone: maps ``(N, 3, H, W)`` images to pooled features ``(N, D)`` (inception_v3 in training:
+            a ``(features, aux_logits)`` pair).
+        head: maps the features to the logits.
+        channels_last: convert inputs to the channels-last memory format.
+
+    Example::
+
+        from lit_finetune.backbones import create_backbone
+        backbone, width = create_backbone("resnet18", None, 2)
+        net = ClassifierNetwork(backbone, nn.Linear(width, 2))
+        net(torch.randn(1, 3, 64, 64))["logits"].shape  # (1, 2)
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.channels_last = channels_last
+
+    def backbone_is_frozen(self) -> bool:
+        """True when no backbone parameter requires a gradient."""
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def features(self, images: Tensor) -> Any:
+        """The backbone's output; a frozen backbone in training runs in eval mode without autograd.
+
+        Outside training the backbone runs as it is, so that tools which need gradients with respect to
+        activations (Grad-CAM) work on a frozen backbone too.
+        """
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if not (self.head.training and self.backbone_is_frozen()):
+            return self.backbone(images)
+        modes = [module.training for module in self.backbone.modules()]
+        self.backbone.eval()
+        try:
+            with torch.no_grad():
+                return self.backbone(images)
+        finally:
+            for module, mode in zip(self.backbone.modules(), modes):
+                module.training = mode
+
+    def forward(self, images: Tensor, return_features: bool = False) -> dict[str, Tensor]:
+        out = self.features(images)
+        aux = None
+        if isinstance(out, tuple):  # inception_v3 in training: (features, aux_logits)
+            out, aux = out
+        result = {keys.LOGITS: self.head(out)}
+        if return_features:
+            result[keys.FEATURES] = out
+        if aux is not None:
+            result[keys.AUX_LOGITS] = aux
+        return result
