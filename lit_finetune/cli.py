@@ -3,7 +3,7 @@
 ``lit-finetune fit --config configs/quickstart.yaml`` trains; ``validate``, ``test`` and
 ``predict`` take the same config plus ``--ckpt_path``. Defaults added to every run: a
 TensorBoard logger under ``runs/``, ModelCheckpoint (best ``val/acc`` and ``last.ckpt``),
-LearningRateMonitor (with momentum and weight decay) and a CSV writer for ``predict``.
+a learning-rate monitor (with momentum and weight decay, under ``optim/``) and a CSV writer for ``predict``.
 Each is configurable: ``--checkpoint.monitor val/loss``, ``--lr_monitor.logging_interval step``,
 ``--predictions.output_path preds.csv``.
 
@@ -16,18 +16,21 @@ and are written atomically (``AtomicCheckpointIO``), an interrupted run writes `
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_finetune.callbacks.interrupt_checkpoint import InterruptCheckpoint
+from lit_finetune.callbacks.lr_monitor import GroupedLearningRateMonitor
 from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
 from lit_finetune.callbacks.resumable_checkpoint import ResumableModelCheckpoint
 from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
@@ -48,7 +51,66 @@ EXTRA_SUBCOMMANDS = {
     "check-data": "Find unreadable images under a data folder.",
 }
 
+DEBUG_ENV = "LIT_FINETUNE_DEBUG"
+EVALUATION_SUBCOMMANDS = ("validate", "test", "predict")
+PACKAGE_DIR = Path(__file__).resolve().parent
+
 log = logging.getLogger(__name__)
+
+
+def logger_init_args(config):
+    """``init_args`` of the configured (first) logger, or None without a logger that has a ``save_dir``."""
+    logger = config.trainer.get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    init_args = getattr(logger, "init_args", None)
+    if init_args is None or init_args.get("save_dir") is None:
+        return None
+    return init_args
+
+
+def newest_run_checkpoint(config, name: str) -> Path:
+    """``<run>/checkpoints/<name>.ckpt`` of the newest run of the configured logger that has one.
+
+    Raises:
+        FileNotFoundError: no run of the configured logger has that file.
+    """
+    init_args = logger_init_args(config)
+    root = Path(init_args.save_dir) / (init_args.get("name") or "") if init_args is not None else Path("runs")
+    found = list(root.glob(f"*/checkpoints/{name}.ckpt"))
+    if not found:
+        raise FileNotFoundError(
+            f"--ckpt_path {name}: no run under '{root}' has checkpoints/{name}.ckpt. "
+            f"Train first (`lit-finetune fit --config ...`) or give the checkpoint file, e.g. --ckpt_path {root}/version_0/checkpoints/last.ckpt."
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def log_beside_checkpoint(config, subcommand: str) -> None:
+    """validate/test/predict: resolve ``--ckpt_path best|last`` and log into the checkpoint's run folder.
+
+    ``runs/x/version_0/checkpoints/best.ckpt`` is evaluated with logs in ``runs/x/version_0/<subcommand>/``
+    and predictions in ``runs/x/version_0/predictions.csv``, instead of a new ``version_N`` per call.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+    """
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path is None:
+        return
+    if ckpt_path in ("best", "last"):
+        config.ckpt_path = ckpt_path = str(newest_run_checkpoint(config, ckpt_path))
+    ckpt = Path(ckpt_path)
+    if "://" in ckpt_path:
+        return
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--ckpt_path '{ckpt_path}' is not a file. Give a .ckpt file, or `best` / `last` for the newest run's.")
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    init_args = logger_init_args(config)
+    if init_args is not None and "version" in init_args and "name" in init_args:
+        init_args.save_dir, init_args.name, init_args.version = str(run), "", subcommand
+    predictions = config.get("predictions")
+    if subcommand == "predict" and predictions is not None and not predictions.get("output_path"):
+        predictions.output_path = str(run / "predictions.csv")
 
 
 def resume_logger_version(config) -> None:
@@ -61,10 +123,8 @@ def resume_logger_version(config) -> None:
     """
     if config.get("checkpoint") and config.checkpoint.get("dirpath"):
         return
-    logger = config.trainer.get("logger")
-    logger = logger[0] if isinstance(logger, list) and logger else logger
-    init_args = getattr(logger, "init_args", None)
-    if init_args is None or init_args.get("version") is not None or init_args.get("save_dir") is None:
+    init_args = logger_init_args(config)
+    if init_args is None or init_args.get("version") is not None:
         return
     root = Path(init_args.save_dir) / (init_args.get("name") or "")
     runs = [ckpt for ckpt in root.glob("*/checkpoints/last*.ckpt")]
@@ -113,18 +173,48 @@ def yaml_location(paths: list[str], key: str) -> str | None:
     return best[1] if best else None
 
 
+def known_keys(parser) -> list[str]:
+    """Dotted option names of a parser and of its subcommands' parsers (``data.batch_size``, ...)."""
+    keys = []
+    for action in parser._actions:
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict) and action.dest in ("subcommand", "subcommands"):
+            for sub in choices.values():
+                keys += known_keys(sub)
+        elif "." in action.dest:
+            keys.append(action.dest)
+    return keys
+
+
 class FinetuneArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser, whose errors also say where in the YAML files the offending key is."""
+    """LightningCLI's parser whose errors are short: the message, the YAML file and line, the closest options.
+
+    The usage dump of every option is left out; ``--help`` prints it.
+    """
 
     config_paths: list[str] = []
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        lines = message.strip().splitlines()
+        text = "\n".join(lines[:6] + (["  ..."] if len(lines) > 6 else []))
         for key in re.findall(r"""['"]((?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*)['"]""", message):
-            location = yaml_location(self.config_paths, key.removeprefix(f"{self.prog.split()[-1]}."))
+            key = key.removeprefix(f"{self.prog.split()[-1]}.")
+            location = yaml_location(self.config_paths, key)
             if location:
-                message = f"{message}\n  in {location}"
-                break
-        return super().error(message, ex)
+                text += f"\n  in {location}"
+            valid = sorted(set(known_keys(self)))
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=3, cutoff=0.75)
+                if close:
+                    text += "\n  did you mean " + " or ".join(f"`{k}`" for k in close) + "?"
+            break
+        prog = self.prog.replace(" [options]", "")
+        subcommand = re.search(r"Subcommand '([\w-]+)'", message)
+        prog = f"{prog} {subcommand.group(1)}" if subcommand and not prog.endswith(subcommand.group(1)) else prog
+        sys.stderr.write(f"error: {text}\n  (all options: `{prog} --help`)\n")
+        self.exit(2)
 
 
 class FinetuneCLI(LightningCLI):
@@ -141,7 +231,7 @@ class FinetuneCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(GroupedLearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.log_momentum": True, "lr_monitor.log_weight_decay": True})
         parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
@@ -154,6 +244,10 @@ class FinetuneCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
+        parser.link_arguments("data.num_train_samples", "model.num_train_samples", apply_on="instantiate")
+        # Pictures in TensorBoard are de-normalized with the statistics the data was normalized with.
+        parser.link_arguments("data", "model.image_mean", compute_fn=lambda data: tuple(data.preprocessing.mean), apply_on="instantiate")
+        parser.link_arguments("data", "model.image_std", compute_fn=lambda data: tuple(data.preprocessing.std), apply_on="instantiate")
         parser.add_argument(
             "--lr_find",
             type=bool,
@@ -165,7 +259,7 @@ class FinetuneCLI(LightningCLI):
     def before_fit(self) -> None:
         if not self.config[self.subcommand].get("lr_find"):
             return
-        from lit_finetune.finetuning import suggest_lr
+        from lit_finetune.lr_finder import suggest_lr
 
         plot = Path(self.trainer.log_dir or ".") / "lr_find.png"
         if self.trainer.is_global_zero:  # every rank runs the sweep; one writes the plot
@@ -189,7 +283,11 @@ class FinetuneCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
-        if config is not None and config.get("ckpt_path") == "last":
+        if config is None:
+            return
+        if self.subcommand in EVALUATION_SUBCOMMANDS:
+            log_beside_checkpoint(config, self.subcommand)
+        elif config.get("ckpt_path") == "last":
             resume_logger_version(config)
 
 
@@ -207,13 +305,49 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FinetuneCLI:
     )
 
 
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is one of this package's checks of the user's input, not a bug.
+
+    That is a ``ValueError``/``FileNotFoundError`` raised by a ``raise`` statement in this package's own
+    code (the innermost frame is ours), or one of its own input errors (unsafe or bad files).
+    """
+    from lit_finetune.checkpoints import UnsafeCheckpointError
+    from lit_finetune.data.folder import BadImageError
+
+    if isinstance(err, (UnsafeCheckpointError, BadImageError)):
+        return True
+    if not isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError)):
+        return False
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-finetune`` and ``python cli.py``.
 
     ``export`` and ``check-data`` have parsers of their own; ``fit``, ``validate``, ``test`` and
-    ``predict`` go to LightningCLI.
+    ``predict`` go to LightningCLI. A known input error (a missing folder, an unknown backbone, a
+    weights file that does not fit) prints its message and exits with status 2; ``--debug`` or
+    ``LIT_FINETUNE_DEBUG=1`` shows its traceback.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    if args is None:  # LightningCLI reads the command line itself (and warns about `args` given from it)
+        sys.argv = sys.argv[:1] + argv
+    try:
+        run_subcommand(argv, from_sys_argv=args is None)
+    except Exception as err:
+        if debug or not is_user_error(err):
+            raise
+        sys.stderr.write(f"error: {err}\n  (`--debug` or {DEBUG_ENV}=1 shows the traceback)\n")
+        sys.exit(2)
+
+
+def run_subcommand(argv: list[str], from_sys_argv: bool = False) -> None:
+    """Run one command line (without the program name); LightningCLI reads ``sys.argv`` when ``from_sys_argv``."""
     if argv and argv[0] == "export":
         from lit_finetune.export import main as export_main
 
@@ -224,7 +358,7 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(check_main(argv[1:]))
     if argv and argv[0] in ("-h", "--help"):
         print("Other subcommands:\n" + "\n".join(f"  {name:<12}{text} (`lit-finetune {name} --help`)" for name, text in EXTRA_SUBCOMMANDS.items()) + "\n")
-    build_cli(args)
+    build_cli(None if from_sys_argv else argv)
 
 
 if __name__ == "__main__":

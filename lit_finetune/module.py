@@ -91,6 +91,8 @@ class FinetuneClassifier(LightningModule):
             (negatives / positives per class from ``class_counts``).
         class_counts: training images per class (multilabel: positives per class), filled in from the data
             by the command line; needed for ``"auto"`` weights.
+        num_train_samples: training images (the total that multilabel ``class_counts`` count positives of),
+            filled in by the command line; None: the sum of ``class_counts``.
         image_mean: normalization mean of the input images (used to show them in TensorBoard); None:
             that of the weights. The command line links it from the data.
         image_std: likewise, the normalization std.
@@ -161,6 +163,7 @@ class FinetuneClassifier(LightningModule):
         class_weights: Literal["auto"] | list[float] | None = None,
         pos_weight: Literal["auto"] | list[float] | None = None,
         class_counts: list[int] | None = None,
+        num_train_samples: int | None = None,
         image_mean: tuple[float, float, float] | None = None,
         image_std: tuple[float, float, float] | None = None,
     ) -> None:
@@ -207,6 +210,9 @@ class FinetuneClassifier(LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        class_metrics = self.task.build_class_metrics()
+        self.val_class_metrics = class_metrics.clone(prefix="val/") if class_metrics is not None else None
+        self.test_class_metrics = class_metrics.clone(prefix="test/") if class_metrics is not None else None
 
     # ------------------------------------------------------------------ override points
     def build_backbone(self) -> tuple[nn.Module, int]:
@@ -360,7 +366,11 @@ class FinetuneClassifier(LightningModule):
         logits = outputs[keys.LOGITS].detach()
         self._log_losses(stage, terms or {keys.LOSS: total}, total, logits, target)
         if not self.task.is_soft(batch[keys.TARGET]):  # a mixed batch is not scored against hard labels
-            getattr(self, f"{stage}_metrics").update(*self.task.metric_inputs(logits, batch[keys.TARGET]))
+            inputs = self.task.metric_inputs(logits, batch[keys.TARGET])
+            getattr(self, f"{stage}_metrics").update(*inputs)
+            per_class = getattr(self, f"{stage}_class_metrics", None)
+            if per_class is not None:
+                per_class.update(*inputs)
         return {
             keys.LOSS: total,
             keys.SAMPLE_LOSS: self.sample_losses(outputs, target),
@@ -409,6 +419,22 @@ class FinetuneClassifier(LightningModule):
             "prob": prediction.prob,
             "probs": prediction.probs,
         }
+
+    def _log_class_metrics(self, stage: str) -> None:
+        # Per-class values are dicts, which Lightning cannot log as metric objects: computed (and synced) here.
+        per_class = getattr(self, f"{stage}_class_metrics")
+        if per_class is None or not any(metric.update_called for metric in per_class.values()):
+            return
+        self.log_dict({name: value for name, value in per_class.compute().items()})
+        per_class.reset()
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_class_metrics("val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_class_metrics("test")
 
     @override
     def configure_optimizers(self) -> Any:

@@ -75,6 +75,10 @@ class Task(ABC):
     def build_metrics(self) -> MetricCollection:
         """Epoch metrics (torchmetrics objects) fed by :meth:`metric_inputs`."""
 
+    def build_class_metrics(self) -> MetricCollection | None:
+        """Per-class metrics of validation and test (a dict of values each), fed like :meth:`build_metrics`; None: none."""
+        return None
+
     @abstractmethod
     def metric_inputs(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """``(preds, target)`` for the metrics of :meth:`build_metrics`."""

@@ -184,8 +184,8 @@ class MultilabelTask(Task):
 
     Targets are float multi-hot vectors ``(N, C)`` (all zeros: no label). Metrics: ``map`` (macro
     average precision, ``MultilabelAveragePrecision``), ``f1_micro`` / ``f1_macro`` at the thresholds,
-    ``exact_match`` (share of images whose whole label set is right), and per class ``ap/<class>``
-    and ``f1/<class>``.
+    ``exact_match`` (share of images whose whole label set is right), and per class (validation
+    and test) ``ap/<class>`` and ``f1/<class>``.
 
     Args:
         threshold: one probability for all classes, or one per class.
@@ -244,6 +244,15 @@ class MultilabelTask(Task):
                 "f1_micro": F1Score(task="multilabel", num_labels=n, average="micro"),
                 "f1_macro": F1Score(task="multilabel", num_labels=n, average="macro"),
                 "exact_match": MultilabelExactMatch(num_labels=n),
+            },
+            compute_groups=False,
+        )
+
+    def build_class_metrics(self) -> MetricCollection | None:
+        n = self.num_classes
+        names = [self.class_label(i) for i in range(n)]
+        return MetricCollection(
+            {
                 "ap": ClasswiseWrapper(MultilabelAveragePrecision(num_labels=n, average=None), labels=names, prefix="ap/"),
                 "f1": ClasswiseWrapper(F1Score(task="multilabel", num_labels=n, average=None), labels=names, prefix="f1/"),
             },
