@@ -59,6 +59,16 @@ def describe(t: Tensor) -> str:
     return text
 
 
+def running_stats(model: nn.Module) -> list[Tensor]:
+    """The buffers a training-mode forward pass updates: running statistics of normalization layers in
+    training mode (``running_mean``, ``running_var``, ``num_batches_tracked`` of BatchNorm/InstanceNorm)."""
+    stats = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.training and module.track_running_stats:
+            stats += [b for b in (module.running_mean, module.running_var, module.num_batches_tracked) if b is not None]
+    return stats
+
+
 class NanGuard(Callback):
     """Catch non-finite losses and gradients the step they appear, and report which module made them.
 
@@ -71,8 +81,11 @@ class NanGuard(Callback):
     On a real non-finite value the callback:
 
     1. saves the batch (``nan_batch_step<N>.pt``) and a checkpoint of the weights before this step
-       (``nan_step<N>.ckpt``) to ``dirpath``, after restoring the buffers (BatchNorm statistics) to their
-       values before the step's forward pass;
+       (``nan_step<N>.ckpt``) to ``dirpath``, after restoring the running statistics of normalization
+       layers in training mode (``running_stats``) to their values before the step's forward pass. Those
+       are the buffers a forward pass updates; each step copies them (one fused copy into tensors kept
+       from the previous step) instead of cloning every buffer. A custom module that changes other
+       buffers in its forward pass keeps its changed values in the checkpoint;
     2. replays the batch in training mode with a forward hook on every module and names the first
        module whose output is non-finite, with statistics of its inputs and weights; with
        ``detect_anomaly`` the loss is also back-propagated under ``torch.autograd.detect_anomaly`` (into
@@ -130,15 +143,21 @@ class NanGuard(Callback):
         self._bad_loss: Tensor | None = None
         self._loss: Tensor | None = None
         self._buffers: list[Tensor] = []
+        self._live: list[Tensor] = []
 
     # ------------------------------------------------------------------ hooks
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._batch, self._batch_idx = batch, batch_idx
-        # Buffers (BatchNorm statistics) change in the forward pass: keep this step's starting values so that
-        # a non-finite forward does not leak into the checkpoint or, with action="skip", into later steps.
+        # Running statistics change in the forward pass: keep this step's starting values so that a non-finite
+        # forward does not leak into the checkpoint or, with action="skip", into later steps. Other buffers do
+        # not change in a forward pass and are not copied.
+        live = running_stats(pl_module)
         with torch.no_grad():
-            self._buffers = [b.detach().clone() for b in pl_module.buffers()]
+            if len(live) != len(self._live) or any(a is not b for a, b in zip(live, self._live)):
+                self._buffers, self._live = [b.detach().clone() for b in live], live  # first step, or layers (un)frozen
+            elif live:
+                torch._foreach_copy_(self._buffers, live)  # one fused copy into the tensors of the last step
 
     @override
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
@@ -165,7 +184,7 @@ class NanGuard(Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._batch, self._buffers = None, []  # keep nothing alive after training
+        self._batch, self._buffers, self._live = None, [], []  # keep nothing alive after training
 
     # ------------------------------------------------------------------ non-finite handling
     def _amp_skip(self, trainer: Trainer) -> None:
@@ -183,7 +202,7 @@ class NanGuard(Callback):
         suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         folder.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
-            for buffer, saved in zip(pl_module.buffers(), self._buffers):
+            for buffer, saved in zip(self._live, self._buffers):
                 buffer.copy_(saved)
         self.batch_path = folder / f"nan_batch_step{step}{suffix}.pt"
         torch.save(_to_cpu(self._batch), self.batch_path)

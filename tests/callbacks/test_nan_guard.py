@@ -85,3 +85,21 @@ def test_skip_goes_on_with_finite_weights(tmp_path, image_root):
     assert trainer.global_step == 3 and guard.culprit == "backbone.layer3.1"
     assert all(v.isfinite().all() for v in model.state_dict().values() if v.is_floating_point())
     assert _no_hooks(model)
+
+
+def test_only_running_statistics_of_training_layers_are_copied_into_reused_tensors():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.BatchNorm2d(4))
+    model.register_buffer("table", torch.zeros(1000, 1000))  # a constant buffer: never copied
+    model[2].eval()  # a frozen BatchNorm: its statistics do not move
+    guard = NanGuard()
+    guard.on_train_batch_start(None, model, {}, 0)
+    assert [tuple(b.shape) for b in guard._buffers] == [(4,), (4,), ()]
+    first = [b.data_ptr() for b in guard._buffers]
+    model(torch.randn(2, 3, 5, 5))
+    before_second = [b.clone() for b in (model[1].running_mean, model[1].running_var, model[1].num_batches_tracked)]
+    guard.on_train_batch_start(None, model, {}, 1)
+    assert [b.data_ptr() for b in guard._buffers] == first  # no new allocation per step
+    assert all(torch.equal(a, b) for a, b in zip(guard._buffers, before_second))
+    model[2].train()  # unfrozen: its statistics are taken from now on
+    guard.on_train_batch_start(None, model, {}, 2)
+    assert len(guard._buffers) == 6
