@@ -20,10 +20,11 @@ from lit_finetune.checkpoints import AtomicCheckpointIO, UnsafeCheckpointError, 
 from lit_finetune.data import ImageFolderDataModule
 from lit_finetune.data.check import check_data
 from lit_finetune.export import export_checkpoint, load_exported
-from lit_finetune.finetuning import backbone_stages, register_stages, suggest_lr
 from lit_finetune.heads import ClassifierHead
+from lit_finetune.lr_finder import suggest_lr
 from lit_finetune.module import FinetuneClassifier
 from lit_finetune.schedulers import StepDecayLR, WarmupCosineLR
+from lit_finetune.stages import backbone_stages, register_stages
 
 __version__ = "0.1.0"
 

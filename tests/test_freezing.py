@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from lit_finetune.finetuning import is_held_in_eval, suggest_lr
+from lit_finetune.freezing import is_held_in_eval
+from lit_finetune.lr_finder import suggest_lr
 from lit_finetune.module import FinetuneClassifier
 from lit_finetune.schedulers import WarmupCosineLR
 from tiny_images import TinyImages
@@ -99,7 +100,7 @@ def test_zero_lr_backbone_groups_keep_weights(optimizer) -> None:
     trainer = fit(model)
     assert all(torch.equal(p, params_before[n]) for n, p in model.backbone.named_parameters())
     lrs = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
-    assert lrs["backbone.stage4"] == 0.0 and lrs["head"] > 0
+    assert lrs["backbone"] == lrs["backbone.no_decay"] == 0.0 and lrs["head"] > 0
 
 
 def test_groups_lr_and_monitor_names(tmp_path) -> None:
@@ -117,6 +118,17 @@ def test_groups_lr_and_monitor_names(tmp_path) -> None:
     assert monitor.lrs["lr-SGD/backbone.stage3"] == [pytest.approx(0.2 * 0.1 * 0.25)]
 
 
+def test_plain_recipe_logs_one_lr_per_weight_decay(tmp_path) -> None:
+    model = make_model()  # no layer decay, backbone_lr_mult 1: every part has the same hyperparameters
+    monitor = LearningRateMonitor(log_momentum=True, log_weight_decay=True)
+    trainer = fit(model, epochs=1, callbacks=[monitor], logger=CSVLogger(tmp_path))
+    groups = trainer.optimizers[0].param_groups
+    assert [g["name"] for g in groups] == ["all", "all.no_decay"]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert set(monitor.lrs) == {"lr-SGD/all", "lr-SGD/all.no_decay"}
+    assert [g["weight_decay"] for g in groups] == [1e-3, 0.0]
+
+
 def test_warmup_cosine_length_comes_from_the_trainer() -> None:
     model = make_model(
         lr_scheduler=partial(WarmupCosineLR, warmup_steps=1, min_lr_ratio=0.1), scheduler_interval="step", backbone_lr_mult=0.5
@@ -125,7 +137,7 @@ def test_warmup_cosine_length_comes_from_the_trainer() -> None:
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.total_steps == 4 and scheduler.last_epoch == 4
     lrs = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
-    assert lrs["head"] == pytest.approx(0.05 * 0.1) and lrs["backbone.stage2"] == pytest.approx(0.05 * 0.5 * 0.1)
+    assert lrs["head"] == pytest.approx(0.05 * 0.1) and lrs["backbone"] == pytest.approx(0.05 * 0.5 * 0.1)
 
 
 def test_cached_features_match_uncached_training() -> None:

@@ -13,8 +13,9 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader
 
-from lit_finetune.callbacks.unfreeze import UnfreezeSchedule
+from lit_finetune.callbacks.unfreeze import UnfreezeSchedule, held_stage_groups
 from lit_finetune.module import FinetuneClassifier
+from lit_finetune.param_groups import parameter_groups
 from lit_finetune.schedulers import WarmupCosineLR
 from tiny_images import TinyImages
 
@@ -103,6 +104,23 @@ def test_frozen_module_parameters_are_reported() -> None:
         trainer.fit(model, *data())
 
 
+class MergedGroups(FinetuneClassifier):
+    """A module that builds its groups without keeping the held stages apart."""
+
+    def parameter_groups(self) -> list[dict]:
+        return parameter_groups(self, self.stages, backbone_lr_mult=0.5)
+
+
+def test_held_stages_need_groups_of_their_own() -> None:
+    schedule = UnfreezeSchedule(milestones=[1], stages=[2])
+    model = MergedGroups(num_classes=2, backbone="resnet18")
+    trainer = make_trainer(1, [schedule])
+    with pytest.raises(ValueError, match=r"stages \[0, 1, 2, 3, 4\] share optimizer parameter groups"):
+        trainer.fit(model, *data())
+    assert schedule.group_names() == [f"backbone.stage{i}" for i in range(5)]  # stages 0-2 are held all run
+    assert held_stage_groups(trainer) == schedule.group_names() and held_stage_groups(None) == []
+
+
 class StepLRs(Callback):
     """The LR that the optimizer uses for ``group`` at each step (read inside ``optimizer.step``)."""
 
@@ -172,8 +190,9 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader, TensorDataset
 from lit_finetune import keys
-from lit_finetune.callbacks.unfreeze import UnfreezeSchedule
+from lit_finetune.callbacks.unfreeze import UnfreezeSchedule, held_stage_groups
 from lit_finetune.module import FinetuneClassifier
+from lit_finetune.param_groups import parameter_groups
 from lit_finetune.schedulers import WarmupCosineLR
 
 torch.set_num_threads(1)

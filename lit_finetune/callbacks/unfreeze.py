@@ -38,17 +38,31 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lit_finetune.finetuning import backbone_stages, hold_eval, release_eval
+from lit_finetune.freezing import hold_eval, release_eval
+from lit_finetune.stages import backbone_stages
 
 log = logging.getLogger(__name__)
+
+
+def held_stage_groups(trainer: Optional[pl.Trainer]) -> list[str]:
+    """Parts that the :class:`UnfreezeSchedule` callbacks of ``trainer`` hold, to pass as
+    ``keep_separate`` to :func:`lit_finetune.param_groups.parameter_groups` ([] without a trainer).
+
+    Example::
+
+        groups = parameter_groups(module, stages, keep_separate=held_stage_groups(module._trainer))
+    """
+    callbacks = trainer.callbacks if trainer is not None else []
+    return sorted({name for callback in callbacks if isinstance(callback, UnfreezeSchedule) for name in callback.group_names()})
 
 
 class UnfreezeSchedule(BaseFinetuning):
     """Unfreeze backbone stages at epoch milestones, from the output end towards the input.
 
-    Stages are those of :func:`lit_finetune.finetuning.backbone_stages` (``backbone.stage{i}`` in
+    Stages are those of :func:`lit_finetune.stages.backbone_stages` (``backbone.stage{i}`` in
     the module's parameter groups). Use it with ``freeze: none`` on the module: the callback freezes
-    the stages it schedules and needs them in the optimizer.
+    the stages it schedules and needs them in the optimizer, each stage in groups of its own
+    (pass :meth:`group_names` as ``keep_separate`` to :func:`lit_finetune.param_groups.parameter_groups`).
 
     Args:
         milestones: Epochs (0-based, increasing) at which stages are unfrozen. Before the first one
@@ -142,6 +156,11 @@ class UnfreezeSchedule(BaseFinetuning):
                 stage -= 1
         return schedule
 
+    def group_names(self) -> list[str]:
+        """Parts of the module's parameter groups that must not be merged with others: every backbone
+        stage this callback holds (known once it is set up; empty before)."""
+        return [f"backbone.stage{index}" for index in sorted(self._stage_params)]
+
     # ------------------------------------------------------------------------------ freezing
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -197,10 +216,22 @@ class UnfreezeSchedule(BaseFinetuning):
                 "Set `freeze: none` on the model (the callback freezes what it schedules) and keep frozen "
                 "parameters in `parameter_groups()`."
             )
+        shared = [i for i, members in self._stage_members.items() if not self._has_own_groups(optimizer, members)]
+        if shared:
+            raise ValueError(
+                f"Backbone stages {shared} share optimizer parameter groups with other parameters, so "
+                "UnfreezeSchedule cannot warm them up on their own. Build the groups with "
+                "`parameter_groups(..., keep_separate=schedule.group_names())`."
+            )
         self._handles = [
             optimizer.register_step_pre_hook(self._scale_warmup_lrs),
             optimizer.register_step_post_hook(self._restore_lrs),
         ]
+
+    @staticmethod
+    def _has_own_groups(optimizer: Optimizer, members: set[int]) -> bool:
+        groups = [g for g in optimizer.param_groups if any(id(p) in members for p in g["params"])]
+        return all(id(p) in members for g in groups for p in g["params"])
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
