@@ -6,16 +6,16 @@ import logging
 import os
 from typing import Any
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 log = logging.getLogger(__name__)
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
-    """Lightning's ``OnExceptionCheckpoint`` whose folder defaults to the ``ModelCheckpoint``'s.
+class InterruptCheckpoint(Callback):
+    """Write ``last-interrupted.ckpt`` beside the ``ModelCheckpoint``'s files when a run stops early.
 
     On SIGTERM (a cluster's preemption, ``kill``) Lightning finishes the current batch and raises
     ``SIGTERMException``; on Ctrl+C it raises ``KeyboardInterrupt``. Either way this callback writes
@@ -23,6 +23,9 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     ``--ckpt_path last`` picks it when it is newer than ``last.ckpt``; it is deleted when a later run
     finishes normally. Epochs finished before the interruption are never lost: a resumed run continues
     with the interrupted epoch (which restarts its data from the beginning).
+
+    It is a plain callback, not Lightning's ``OnExceptionCheckpoint``: Lightning treats the presence of
+    that class as a request to resume every ``fit`` from ``last``, and warns about it on fresh runs.
 
     Args:
         dirpath: folder of the checkpoint; None: the ``ModelCheckpoint``'s folder (``<log_dir>/checkpoints``),
@@ -37,31 +40,37 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         trainer = Trainer(callbacks=[ModelCheckpoint(save_last=True), InterruptCheckpoint()])
     """
 
-    def __init__(self, dirpath: str | None = None, filename: str = "last-interrupted") -> None:
-        super().__init__(dirpath or ".", filename)
-        self._dirpath_given = dirpath is not None
+    FILE_EXTENSION = ".ckpt"
 
-    def _resolve_dirpath(self, trainer: Trainer) -> None:
-        if self._dirpath_given:
-            return
-        checkpoint = trainer.checkpoint_callback
-        self.dirpath = getattr(checkpoint, "dirpath", None) or os.path.join(trainer.default_root_dir, "checkpoints")
+    def __init__(self, dirpath: str | None = None, filename: str = "last-interrupted") -> None:
+        if not filename:
+            raise ValueError("InterruptCheckpoint: `filename` is empty; give a name such as 'last-interrupted'.")
+        self.dirpath = dirpath
+        self.filename = filename
+
+    def checkpoint_path(self, trainer: Trainer) -> str:
+        """Where the interrupted checkpoint of ``trainer`` goes."""
+        folder = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
+        folder = folder or os.path.join(trainer.default_root_dir, "checkpoints")
+        return os.path.join(folder, self.filename + self.FILE_EXTENSION)
 
     @override
-    def on_exception(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if trainer.global_step == 0:  # nothing trained yet: keep the original error in front
             return
-        self._resolve_dirpath(trainer)
+        path = self.checkpoint_path(trainer)
         try:
-            super().on_exception(trainer, *args, **kwargs)
+            trainer.save_checkpoint(path)
         except Exception as err:  # never hide the exception that stopped the run
-            log.warning("Could not save %s after the interruption: %s", self.ckpt_path, err)
+            log.warning("Could not save %s after the interruption: %s", path, err)
             return
-        rank_zero_info(f"Run interrupted: checkpoint saved to {self.ckpt_path}. Resume with `--ckpt_path last` or `--ckpt_path {self.ckpt_path}`.")
+        rank_zero_info(f"Run interrupted: checkpoint saved to {path}. Resume with `--ckpt_path last` or `--ckpt_path {path}`.")
 
     @override
-    def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        # Only a finished `fit` makes the interrupted checkpoint stale (not `validate` on it).
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Only a finished `fit` makes the interrupted checkpoint stale (not `validate` on it); an
+        # interrupted run does not reach this hook.
         if stage == "fit":
-            self._resolve_dirpath(trainer)
-            super().teardown(trainer, pl_module, stage)
+            path = self.checkpoint_path(trainer)
+            if os.path.exists(path):
+                trainer.strategy.remove_checkpoint(path)

@@ -1,6 +1,9 @@
-"""``ModelCheckpoint`` that refreshes ``last.ckpt`` at every epoch end, improved or not."""
+"""``ModelCheckpoint`` that refreshes ``last.ckpt`` at every epoch end, improved or not, and keeps ``best.ckpt``."""
 
 from __future__ import annotations
+
+import os
+import shutil
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -15,8 +18,12 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     Since Lightning 2.5, ``save_last=True`` writes ``last.ckpt`` only when a top-k checkpoint was written at
     the same step: when the monitored metric does not improve, ``last.ckpt`` keeps an older epoch and
     ``--ckpt_path last`` silently repeats epochs (or, with ``max_epochs`` reached, trains nothing new). This
-    subclass also writes ``last.ckpt`` at every epoch-end save point where the parent skipped it. All
-    arguments are those of ``ModelCheckpoint``.
+    subclass also writes ``last.ckpt`` at every epoch-end save point where the parent skipped it.
+
+    ``best.ckpt`` in the same folder is always the best top-k checkpoint (a hard link, or a copy where
+    links are not possible, put in place by an atomic rename), also after a resume, so that
+    ``--ckpt_path runs/.../checkpoints/best.ckpt`` needs no file name with a metric in it. All arguments
+    are those of ``ModelCheckpoint``.
 
     Example::
 
@@ -24,6 +31,29 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     """
 
     _last_saved_step: int = -1
+    _best_linked_from: str = ""
+    BEST_NAME = "best"
+
+    def _update_best_link(self, trainer: Trainer) -> None:
+        source = self.best_model_path
+        if not source or not self.dirpath or not trainer.is_global_zero or not os.path.isfile(source):
+            return
+        target = os.path.join(self.dirpath, self.BEST_NAME + self.FILE_EXTENSION)
+        if os.path.abspath(source) == os.path.abspath(target):
+            return
+        tmp = f"{target}.{os.getpid()}.tmp"
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (another file system, Windows share): copy
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        self._best_linked_from = source
+
+    @override
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if filepath == self.best_model_path:
+            self._update_best_link(trainer)
 
     @override
     def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
@@ -39,6 +69,8 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             and self._last_saved_step != trainer.global_step
         ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.best_model_path != self._best_linked_from:  # e.g. resumed from a run without best.ckpt
+            self._update_best_link(trainer)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
