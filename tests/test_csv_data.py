@@ -13,7 +13,6 @@ from PIL import Image
 from lit_finetune import keys
 from lit_finetune.data.datamodule import ImageFolderDataModule
 from lit_finetune.data.demo import digit_tile, write_digit_pairs
-from tests.conftest import write_image_folder
 
 
 def write_csv(root: Path, rows: list[list[str]], name: str = "labels.csv", images: bool = True) -> Path:
@@ -136,8 +135,8 @@ def test_binary_needs_two_classes(tmp_path: Path) -> None:
         data(tmp_path, write_csv(tmp_path, rows), task="binary")
 
 
-def test_folders_honour_the_task(tmp_path: Path) -> None:
-    write_image_folder(tmp_path, classes=("cat", "dog"), per_class=5, size=16)
+def test_folders_honour_the_task(tmp_path: Path, make_image_folder) -> None:
+    make_image_folder(tmp_path, classes=("cat", "dog"), per_class=5, size=16)
     dm = data(tmp_path, task="binary")
     assert set(targets_by_name(dm.train_samples).values()) == {(0.0,), (1.0,)}
     assert all(t == (1.0,) for p, t in dm.train_samples if "/dog/" in p)
