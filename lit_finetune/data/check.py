@@ -121,22 +121,29 @@ def check_data(root: str, num_threads: int | None = None, output: str | None = N
 
 
 def main(args: list[str] | None = None) -> int:
-    """``lit-finetune check-data ROOT [--num_threads N] [--output bad.tsv]``; exit status 1 when bad files exist."""
-    from jsonargparse import ArgumentParser
+    """``lit-finetune check-data ROOT [--num_threads N] [--output bad.tsv]`` (or ``--root ROOT``); exit status 1 when bad files exist."""
+    import argparse
 
-    parser = ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="lit-finetune check-data",
         description="Find unreadable images (empty, truncated, corrupt, not images) under a data folder.",
     )
-    parser.add_function_arguments(check_data, as_positional=True)
+    parser.add_argument("root", nargs="?", help="the data folder (any layout)")
+    parser.add_argument("--root", dest="root_option", metavar="ROOT", help="the data folder, as an option")
+    parser.add_argument("--num_threads", type=int, default=None, help="threads that decode images (default: min(16, cpu count + 4))")
+    parser.add_argument("--output", default=None, help="also write the bad files, one `path<TAB>reason` a line, to this file")
     cfg = parser.parse_args(args)
+    if cfg.root and cfg.root_option and cfg.root != cfg.root_option:
+        parser.error(f"two data folders given ('{cfg.root}' and --root '{cfg.root_option}'): give one.")
+    root = cfg.root or cfg.root_option
+    if root is None:
+        parser.error("give the data folder: `lit-finetune check-data data/my_images` or `--root data/my_images`.")
     try:
-        bad = check_data(cfg.root, cfg.num_threads, cfg.output)
+        bad = check_data(root, cfg.num_threads, cfg.output)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1 if bad else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -72,6 +72,15 @@ def test_check_data_lists_bad_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 of 10 images cannot be read" in out and "truncated.jpg" in out
     assert len((tmp_path / "bad.tsv").read_text().splitlines()) == 4
+    with pytest.raises(SystemExit) as done:  # the folder as an option works the same
+        main(["check-data", "--root", str(tmp_path / "data")])
+    assert done.value.code == 1 and "4 of 10 images cannot be read" in capsys.readouterr().out
+
+
+def test_check_data_without_a_folder_says_how_to_give_one(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["check-data"])
+    assert done.value.code == 2 and "--root data/my_images" in capsys.readouterr().err
 
 
 def test_training_skips_bad_files_and_finishes_an_epoch(tmp_path):
