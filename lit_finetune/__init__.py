@@ -14,10 +14,11 @@ from lit_finetune.callbacks import (
     PredictionCSVWriter,
     ResumableModelCheckpoint,
     RNGStateCheckpoint,
+    SegmentationMaskWriter,
     UnfreezeSchedule,
 )
 from lit_finetune.checkpoints import AtomicCheckpointIO, UnsafeCheckpointError, load_state_dict_file, load_weights
-from lit_finetune.data import ImageFolderDataModule
+from lit_finetune.data import ImageFolderDataModule, SegmentationDataModule
 from lit_finetune.data.check import check_data
 from lit_finetune.export import export_checkpoint, load_exported
 from lit_finetune.heads import ClassifierHead
@@ -44,6 +45,8 @@ __all__ = [
     "PredictionCSVWriter",
     "RNGStateCheckpoint",
     "ResumableModelCheckpoint",
+    "SegmentationDataModule",
+    "SegmentationMaskWriter",
     "StepDecayLR",
     "UnfreezeSchedule",
     "UnsafeCheckpointError",

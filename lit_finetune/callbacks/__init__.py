@@ -7,6 +7,7 @@ from lit_finetune.callbacks.gradcam import GradCAM
 from lit_finetune.callbacks.gradient_stats import GradientStats
 from lit_finetune.callbacks.hparams import HParamsSummary
 from lit_finetune.callbacks.interrupt_checkpoint import InterruptCheckpoint
+from lit_finetune.callbacks.mask_writer import SegmentationMaskWriter
 from lit_finetune.callbacks.nan_guard import NanGuard
 from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
 from lit_finetune.callbacks.resumable_checkpoint import ResumableModelCheckpoint
@@ -24,6 +25,7 @@ __all__ = [
     "NanGuard",
     "PredictionCSVWriter",
     "RNGStateCheckpoint",
+    "SegmentationMaskWriter",
     "ResumableModelCheckpoint",
     "UnfreezeSchedule",
 ]

@@ -1,0 +1,195 @@
+"""Segmentation masks on disk: reading them as class indices, palettes, and the checks done before training.
+
+A mask is a single-channel PNG whose pixel values are class indices: an index PNG (mode ``L``, or ``I``/``I;16``
+for more than 256 classes), a palette PNG (mode ``P``, as in Pascal VOC: the stored palette indices are the
+classes, the colours only show them), or a 1-bit PNG. RGB masks are refused: a colour-coded RGB mask needs a
+colour-to-class table that the file does not carry. Binary masks hold 0/1 or 0/255; the latter are mapped to
+0/1 (see :func:`binary_positive_value`). ``ignore_index`` marks unlabelled pixels (VOC's 255 borders).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+INDEX_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
+"""PIL modes read as class indices."""
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+"""EXIF orientations that rotate by 90 degrees: the image is read with width and height swapped."""
+
+
+class MaskFormatError(ValueError):
+    """A mask file that cannot be read as class indices (an RGB image, an unreadable file)."""
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """The stored values of a mask file as an ``(H, W)`` int64 array (palette PNGs: their palette indices).
+
+    Raises:
+        MaskFormatError: the file is not a single-channel or palette image, or cannot be read.
+
+    Example::
+
+        read_mask("data/voc/masks/2007_000032.png")  # array([[0, 0, ...], ...]), values 0-20 and 255
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode not in INDEX_MODES:
+                raise MaskFormatError(
+                    f"mask '{path}' is a {mode} image, not class indices. Save masks as single-channel PNGs whose pixel "
+                    "values are class indices (mode L), or as palette PNGs (mode P, as Pascal VOC); an RGB mask needs "
+                    "its colours mapped to class indices first."
+                )
+            return np.asarray(img, dtype=np.int64)
+    except MaskFormatError:
+        raise
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad files
+        raise MaskFormatError(f"mask '{path}' cannot be read: {type(err).__name__}: {err}") from err
+
+
+def read_palette(path: str | Path, num_colors: int) -> list[tuple[int, int, int]] | None:
+    """The first ``num_colors`` RGB colours of a palette PNG, or None when the file has no palette."""
+    with Image.open(path) as img:
+        if img.mode != "P" or img.getpalette() is None:
+            return None
+        flat = img.getpalette()[: 3 * num_colors]
+    colors = [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
+    return colors + default_palette(num_colors)[len(colors) :]
+
+
+def default_palette(num_colors: int) -> list[tuple[int, int, int]]:
+    """Pascal VOC's colour map: black for class 0, then well separated colours (the bits of the index spread
+    over the high bits of R, G and B). Written here because torchvision does not ship it."""
+    colors = []
+    for index in range(num_colors):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colors.append((r, g, b))
+    return colors
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image as it is read for training (EXIF rotation applied), from its header."""
+    with Image.open(path) as img:
+        width, height = img.size
+        if img.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
+            width, height = height, width
+    return height, width
+
+
+def to_target(values: np.ndarray, binary: bool, positive_value: int, ignore_index: int) -> np.ndarray:
+    """Stored mask values as training targets: unchanged for multiclass; binary: ``positive_value`` -> 1,
+    ``ignore_index`` kept, anything else -> 0 (after the scan, only 0 is left)."""
+    if not binary or positive_value == 1:
+        return values
+    target = (values == positive_value).astype(np.int64)
+    if ignore_index != positive_value:
+        target[values == ignore_index] = ignore_index
+    return target
+
+
+@dataclass(frozen=True)
+class MaskInfo:
+    """What the scan learned about one image/mask pair.
+
+    Attributes:
+        mask: the mask file.
+        values: the distinct stored values of the mask.
+        error: why the pair cannot be used (unreadable or RGB mask, unreadable image, other size); None when fine.
+    """
+
+    mask: str
+    values: tuple[int, ...] = ()
+    error: str | None = None
+
+
+def inspect_pair(image: str, mask: str) -> MaskInfo:
+    """Read the mask and the image's size: the mask's values, or why the pair is unusable."""
+    try:
+        values = read_mask(mask)
+    except MaskFormatError as err:
+        return MaskInfo(mask, error=str(err))
+    try:
+        size = image_size(image)
+    except Exception as err:
+        return MaskInfo(mask, error=f"image '{image}' cannot be read: {type(err).__name__}: {err}")
+    if tuple(values.shape) != size:
+        return MaskInfo(mask, error=f"mask is {values.shape[0]}x{values.shape[1]} (HxW) but its image '{image}' is {size[0]}x{size[1]}")
+    return MaskInfo(mask, tuple(np.unique(values).tolist()))
+
+
+def scan_masks(pairs: Sequence[tuple[str, str]], num_threads: int | None = None) -> list[MaskInfo]:
+    """:func:`inspect_pair` for every ``(image, mask)`` pair, in a thread pool (PNG decoding releases the GIL)."""
+    threads = num_threads or min(16, (os.cpu_count() or 1) + 4)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(lambda pair: inspect_pair(*pair), pairs, chunksize=32))
+
+
+def binary_positive_value(infos: Sequence[MaskInfo], ignore_index: int) -> int:
+    """255 for 0/255 masks (some mask holds 255 and none holds 1), else 1.
+
+    With 0/255 masks, 255 is the positive class even when it is also ``ignore_index``: set another
+    ``ignore_index`` (such as 128) to mark unlabelled pixels in such masks.
+    """
+    values = {v for info in infos for v in info.values}
+    return 255 if 255 in values and 1 not in values else 1
+
+
+def allowed_values(num_classes: int, ignore_index: int, binary: bool, positive_value: int) -> set[int]:
+    """The stored values a mask may hold."""
+    return {0, positive_value, ignore_index} if binary else set(range(num_classes)) | {ignore_index}
+
+
+def mask_problems(infos: Sequence[MaskInfo], allowed: set[int]) -> list[str]:
+    """One line per unusable pair: its error, or the values it holds that are not allowed."""
+    problems = []
+    for info in infos:
+        if info.error is not None:
+            problems.append(f"{info.mask}: {info.error}")
+            continue
+        bad = [v for v in info.values if v not in allowed]
+        if bad:
+            problems.append(f"{info.mask}: values {bad[:10]}{' ...' if len(bad) > 10 else ''}")
+    return problems
+
+
+def format_problems(title: str, lines: Sequence[str], limit: int = 20) -> str:
+    """``title`` with the count, then the first ``limit`` lines indented, then how many more."""
+    text = [f"{len(lines)} {title}:"] + [f"  {line}" for line in lines[:limit]]
+    if len(lines) > limit:
+        text.append(f"  ... and {len(lines) - limit} more")
+    return "\n".join(text)
+
+
+def palette_image(mask: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> Image.Image:
+    """A mode ``P`` PNG-ready image of an ``(H, W)`` class-index mask coloured by ``palette``.
+
+    Indices without a colour are black, except 255 (the usual ``ignore_index``), which is white.
+
+    Raises:
+        ValueError: a value is outside 0-255 (a palette image has 256 entries).
+    """
+    values = np.asarray(mask)
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise ValueError(f"A palette PNG holds class indices 0-255; this mask holds {int(values.min())}..{int(values.max())}.")
+    flat = [0, 0, 0] * 256
+    for i, color in enumerate(palette[:255]):
+        flat[3 * i : 3 * i + 3] = [int(v) for v in color]
+    flat[3 * 255 :] = [255, 255, 255]
+    image = Image.fromarray(values.astype(np.uint8), mode="P")
+    image.putpalette(flat)
+    return image
