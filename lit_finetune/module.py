@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from typing_extensions import override
@@ -311,7 +312,7 @@ class FinetuneClassifier(LightningModule):
             if not counts:
                 raise ValueError("'auto' loss weights need `class_counts` (filled in from the data by the command line; give them in Python).")
             weight = self.task.class_weights(counts, int(self._num_train_samples(counts)))
-            log.info("Loss weights from the label counts %s: %s", list(counts), [round(float(w), 4) for w in weight])
+            rank_zero_info(f"Loss weights from the training label counts {list(counts)}: {[round(float(w), 4) for w in weight]}")
             return weight
         weight = torch.as_tensor(value, dtype=torch.float32)
         if len(weight) != self.num_outputs:
@@ -356,7 +357,9 @@ class FinetuneClassifier(LightningModule):
         return {keys.LOGITS: self.head(features)}
 
     def _uses_cache(self, batch: dict, stage: str) -> bool:
-        return self.hparams.cache_features and stage in self.feature_caches and keys.INDEX in batch and self.backbone_is_frozen()
+        # A mixed batch's images are not the indexed samples': their features cannot be cached by index.
+        mixed = batch.get(keys.MIXED, False)
+        return self.hparams.cache_features and stage in self.feature_caches and keys.INDEX in batch and not mixed and self.backbone_is_frozen()
 
     def _shared_step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         target = self.prepare_target(batch[keys.TARGET])
@@ -365,7 +368,8 @@ class FinetuneClassifier(LightningModule):
         total = torch.stack(list(terms.values())).sum() if terms is not None else self.compute_loss(outputs, target)
         logits = outputs[keys.LOGITS].detach()
         self._log_losses(stage, terms or {keys.LOSS: total}, total, logits, target)
-        if not self.task.is_soft(batch[keys.TARGET]):  # a mixed batch is not scored against hard labels
+        # A mixed batch (multilabel targets can stay 0/1) or soft targets are not scored against hard labels.
+        if not (batch.get(keys.MIXED, False) or self.task.is_soft(batch[keys.TARGET])):
             inputs = self.task.metric_inputs(logits, batch[keys.TARGET])
             getattr(self, f"{stage}_metrics").update(*inputs)
             per_class = getattr(self, f"{stage}_class_metrics", None)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -20,9 +22,41 @@ from lit_finetune.data.csv_labels import make_target, read_labels_csv
 from lit_finetune.data.demo import write_digit_pairs, write_digits
 from lit_finetune.data.folder import ImageDataset, binary_targets, list_images, scan_image_folder
 from lit_finetune.data import transforms as tfm
-from lit_finetune.data.transforms import Preprocessing, default_preprocessing
+from lit_finetune.data.mixing import BatchMixer, MixingCollate
+from lit_finetune.data.sampling import BalancedSampler, balanced_weights, describe_balance, expected_draws
+from lit_finetune.data.transforms import Augment, Preprocessing, default_preprocessing
 
 log = logging.getLogger(__name__)
+
+MAX_AUTO_WORKERS = 8
+"""``num_workers: auto`` uses at most this many loader processes (per training process)."""
+
+
+def auto_num_workers(processes: int = 1) -> int:
+    """Loader workers for ``num_workers: auto``: the CPUs this process may run on, shared by ``processes``
+    training processes on the machine, at most :data:`MAX_AUTO_WORKERS`, at least 1.
+
+    The CPUs are those of ``os.sched_getaffinity`` (what a container or ``taskset`` allows), else ``os.cpu_count()``.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, processes)))
+
+
+def stratified_subset(samples: list, fraction: float, seed: int) -> list:
+    """``fraction`` of each class's samples (at least one a class), chosen with a fixed ``seed``; sorted."""
+    by_class: dict = defaultdict(list)
+    for sample in samples:
+        by_class[sample[1]].append(sample)
+    rng = random.Random(seed)
+    kept = []
+    for target in sorted(by_class):
+        items = sorted(by_class[target])
+        rng.shuffle(items)
+        kept.extend(items[: max(1, round(len(items) * fraction))])
+    return sorted(kept)
 
 
 def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -59,9 +93,11 @@ class ImageFolderDataModule(LightningDataModule):
     Args:
         root: the data folder.
         batch_size: samples per batch (per process under DDP).
-        num_workers: dataloader worker processes.
+        num_workers: dataloader worker processes, or ``"auto"``: the CPUs available to the process
+            (``os.sched_getaffinity``) divided among the training processes of the machine, at most 8.
         pin_memory: page-locked host memory for faster copies to the GPU; None: only when CUDA is available.
-        persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
+        persistent_workers: keep workers alive between epochs (no start-up cost per epoch); applies only
+            with ``num_workers > 0``.
         val_fraction: share of each class held out when ``root`` has no ``val/`` folder.
         split_seed: seed of that split.
         backbone: model name, used to pick default sizes (linked from ``model.backbone`` by the CLI).
@@ -71,11 +107,26 @@ class ImageFolderDataModule(LightningDataModule):
         resize_size: short side before the center crop at evaluation; None: ``image_size * 256 / 224``.
         mean: normalization mean; None: from the weights (ImageNet's otherwise).
         std: normalization std; None: likewise.
-        crop_scale: area range of ``RandomResizedCrop`` in training.
-        hflip: random horizontal flips in training.
+        crop_scale: area range of ``RandomResizedCrop`` in training (all presets but ``none``).
+        hflip: random horizontal flips in training (all presets but ``none``).
         train_augment: False trains on the evaluation pipeline (no random crop or flip): deterministic
-            inputs, as linear probing with ``model.cache_features`` needs.
-        train_transform: a full replacement of the training pipeline (any transforms v2 module).
+            inputs, as linear probing with ``model.cache_features`` needs. It then excludes any ``augment``
+            but the default and ``none``, ``random_erasing`` and mixing.
+        augment: the training augmentation preset: ``"none"`` (the evaluation resize and center crop),
+            ``"basic"`` (``RandomResizedCrop`` with ``crop_scale``, a flip if ``hflip``), or ``basic`` followed by
+            torchvision's ``"randaugment"``, ``"trivialaugment"`` (``TrivialAugmentWide``) or ``"autoaugment"``
+            (ImageNet policy). See :func:`lit_finetune.data.transforms.train_transform`.
+        random_erasing: probability of ``RandomErasing`` of one rectangle of each normalized training image.
+        mixup_alpha: MixUp of training batches with ``lam ~ Beta(alpha, alpha)``; 0: off (0.2 is common).
+        cutmix_alpha: CutMix of training batches, likewise; 0: off (1.0 is common). Both set: each batch takes
+            one of them at random. Targets become soft (multiclass: class probabilities; multilabel and binary:
+            the labels mixed by the same weight); see :mod:`lit_finetune.data.mixing`.
+        sampler: ``"random"`` (shuffle) or ``"balanced"``: draw training images with replacement, inversely to
+            their class's frequency, as many per epoch as the set holds; see :mod:`lit_finetune.data.sampling`.
+        train_fraction: train on this share of the training images, chosen per class (stratified) with
+            ``split_seed``; multilabel: a seeded random share. Validation and test sets are kept whole.
+        train_transform: a full replacement of the training pipeline (any transforms v2 module); ``augment``
+            and ``random_erasing`` must then stay at their defaults (mixing still applies to batches).
         eval_transform: a full replacement of the evaluation pipeline.
         predict_root: folder of images to predict (recursively, any layout); None: the validation set.
         demo: ``"digits"`` writes scikit-learn's digits as PNG class folders into ``root`` if missing;
@@ -101,21 +152,24 @@ class ImageFolderDataModule(LightningDataModule):
     Raises:
         FileNotFoundError: ``root``, ``predict_root``, ``labels_csv`` or an image it names does not exist.
         ValueError: no images, an empty class folder, a class folder missing from ``train/``, an unknown CSV
-            column, a row without the labels its task needs, a bad split value, bad options.
+            column, a row without the labels its task needs, a bad split value, bad or conflicting options.
 
     Example::
 
         dm = ImageFolderDataModule("data/hymenoptera_data", batch_size=16, weights="DEFAULT", backbone="resnet18")
         dm.class_names  # ['ants', 'bees']
+        # A small-data recipe: stronger augmentation, mixed batches, balanced classes.
+        dm = ImageFolderDataModule("data/x", augment="trivialaugment", random_erasing=0.25, mixup_alpha=0.2,
+                                   cutmix_alpha=1.0, sampler="balanced", num_workers="auto")
     """
 
     def __init__(
         self,
         root: str,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: int | Literal["auto"] = 2,
         pin_memory: bool | None = None,
-        persistent_workers: bool = False,
+        persistent_workers: bool = True,
         val_fraction: float = 0.2,
         split_seed: int = 0,
         backbone: str | None = None,
@@ -140,12 +194,22 @@ class ImageFolderDataModule(LightningDataModule):
         class_columns: list[str] | None = None,
         split_column: str | None = None,
         task: Literal["multiclass", "multilabel", "binary"] = "multiclass",
+        augment: Augment = "basic",
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        sampler: Literal["random", "balanced"] = "random",
+        train_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
-        if num_workers < 0:
-            raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
+        if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"`num_workers` must be an int >= 0 or 'auto', got {num_workers!r}.")
+        if sampler not in ("random", "balanced"):
+            raise ValueError(f"`sampler` must be 'random' or 'balanced', got {sampler!r}.")
+        if not 0.0 < train_fraction <= 1.0:
+            raise ValueError(f"`train_fraction` must be in (0, 1], got {train_fraction}.")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}.")
         if demo not in (None, "digits", "digit_pairs"):
@@ -166,16 +230,17 @@ class ImageFolderDataModule(LightningDataModule):
         self.labels_csv = Path(labels_csv) if labels_csv else None
         self.split_column = split_column
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = auto_num_workers() if num_workers == "auto" else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.persistent_workers = persistent_workers
         self.predict_root = Path(predict_root) if predict_root else None
         self.class_names, self.train_samples, self.val_samples, self.test_samples = self._scan_samples(val_fraction, split_seed)
         self.preprocessing = self._preprocessing(backbone, weights, image_size, resize_size, mean, std)
         self.eval_transform = eval_transform or tfm.eval_transform(self.preprocessing)
-        if train_transform is None:
-            train_transform = tfm.train_transform(self.preprocessing, crop_scale, hflip) if train_augment else self.eval_transform
-        self.train_transform = train_transform
+        self.train_transform = self._train_transform(train_transform)
+        self.mixer = BatchMixer(mixup_alpha, cutmix_alpha, self.num_classes, task) if mixup_alpha or cutmix_alpha else None
+        if sampler == "balanced":
+            self._describe_balance()
 
     @property
     def num_classes(self) -> int:
@@ -205,11 +270,51 @@ class ImageFolderDataModule(LightningDataModule):
             scanned = self._scan_csv(val_fraction, seed)
         else:
             scanned = self._scan_folders_for_task(val_fraction, seed)
+        scanned = (scanned[0], self._train_subset(scanned[1], seed), *scanned[2:])
         self.class_names, self.train_samples = scanned[0], scanned[1]
-        names = ["negative", "positive"] if self.task == "binary" else self.class_names
-        counts = ", ".join(f"{name}={count}" for name, count in zip(names, self.class_counts))
-        rank_zero_info(f"{self.root}: {len(self.train_samples)} training images; per class: {counts}")
+        counts = ", ".join(f"{name}={count}" for name, count in zip(self._count_names(), self.class_counts))
+        share = f" ({self.hparams.train_fraction:g} of them, `train_fraction`)" if self.hparams.train_fraction < 1 else ""
+        rank_zero_info(f"{self.root}: {len(self.train_samples)} training images{share}; per class: {counts}")
         return scanned
+
+    def _count_names(self) -> list[str]:
+        """Names of the entries of ``class_counts``."""
+        return ["negative", "positive"] if self.task == "binary" else self.class_names
+
+    def _train_subset(self, samples: list, seed: int) -> list:
+        """``train_fraction`` of the training samples: stratified per class (multiclass, binary), else a seeded share."""
+        fraction = self.hparams.train_fraction
+        if fraction >= 1.0:
+            return samples
+        if self.task != "multilabel":
+            return stratified_subset(samples, fraction, seed)
+        items = sorted(samples)
+        random.Random(seed).shuffle(items)
+        return sorted(items[: max(1, round(len(items) * fraction))])
+
+    def _train_transform(self, custom: nn.Module | None) -> nn.Module:
+        """The training pipeline: ``train_transform`` if given, the evaluation one without ``train_augment``, else the preset."""
+        h = self.hparams
+        changed = [name for name, value in (("augment", h.augment != "basic"), ("random_erasing", h.random_erasing > 0)) if value]
+        if custom is not None:
+            if changed:
+                raise ValueError(f"`train_transform` replaces the whole training pipeline: leave {changed} at the default or put them in it.")
+            return custom
+        if not h.train_augment:
+            if h.augment not in ("basic", "none") or h.random_erasing > 0 or h.mixup_alpha or h.cutmix_alpha:
+                raise ValueError(
+                    "`train_augment: false` trains on the evaluation pipeline (deterministic inputs): it cannot take an `augment` "
+                    "preset, `random_erasing` or mixing. Set `train_augment: true` to use them."
+                )
+            return self.eval_transform
+        return tfm.train_transform(self.preprocessing, h.crop_scale, h.hflip, h.augment, h.random_erasing)
+
+    def _describe_balance(self) -> None:
+        """Print, on rank zero, the class counts and what a balanced epoch draws of each class."""
+        targets = [target for _, target in self.train_samples]
+        weights = balanced_weights(targets, self.task)
+        draws = expected_draws(targets, self.task, weights, self.num_classes)
+        rank_zero_info(describe_balance(self._count_names(), self.class_counts, draws))
 
     def _scan_folders_for_task(self, val_fraction: float, seed: int):
         if self.task == "multilabel":
@@ -335,26 +440,44 @@ class ImageFolderDataModule(LightningDataModule):
             raise ValueError(f"{len(dataset)} evaluation images for {trainer.world_size} processes: every process needs at least one.")
         return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
 
-    def _loader(self, dataset: ImageDataset, shuffle: bool) -> DataLoader:
+    def _workers(self) -> int:
+        """``num_workers``; ``auto`` shares the CPUs among the training processes of this machine."""
+        trainer = self.trainer
+        if self.hparams.num_workers == "auto" and trainer is not None and trainer.world_size > 1:
+            return auto_num_workers(max(1, trainer.world_size // max(1, trainer.num_nodes)))
+        return self.num_workers
+
+    def _loader(self, dataset: ImageDataset, shuffle: bool, sampler: Sampler | None = None, collate_fn: Callable | None = None) -> DataLoader:
+        workers = self._workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            sampler=None if shuffle else self._eval_sampler(dataset),
-            num_workers=self.num_workers,
+            sampler=sampler,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            persistent_workers=self.persistent_workers and workers > 0,
+            collate_fn=collate_fn,
         )
 
+    def _train_sampler(self) -> Sampler | None:
+        """The balanced sampler over the training set (after unreadable files were dropped), or None: shuffle."""
+        if self.hparams.sampler != "balanced":
+            return None
+        return BalancedSampler(balanced_weights(self.train_set.targets, self.task))
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        """Shuffled (or balanced-sampled) training batches; with mixing, every batch is mixed in the workers."""
+        sampler = self._train_sampler()
+        collate = MixingCollate(self.mixer) if self.mixer is not None else None
+        return self._loader(self.train_set, shuffle=sampler is None, sampler=sampler, collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, shuffle=False, sampler=self._eval_sampler(self.val_set))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set, shuffle=False, sampler=self._eval_sampler(self.test_set))
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, shuffle=False)
+        return self._loader(self.predict_set, shuffle=False, sampler=self._eval_sampler(self.predict_set))
 

@@ -14,6 +14,16 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 from lit_finetune.tasks.base import Prediction, Task
 
+SOFT_CAPTION_CLASSES = 2
+"""Classes named in the caption of a soft (mixed) target: the heaviest ones, with their weights."""
+
+
+def weighted_text(task: Task, weights: Tensor, limit: int = SOFT_CAPTION_CLASSES) -> str:
+    """``"cat 0.62+dog 0.38"``: the ``limit`` heaviest classes of one soft target and their weights (zeros left out)."""
+    values, order = weights.reshape(-1).float().sort(descending=True, stable=True)
+    parts = [f"{task.class_label(int(i))} {float(v):.2f}" for v, i in zip(values[:limit], order[:limit]) if v > 0]
+    return "+".join(parts) or "-"
+
 
 class MulticlassTask(Task):
     """One class per image: softmax over ``num_classes`` logits.
@@ -84,7 +94,7 @@ class MulticlassTask(Task):
 
     def target_text(self, target: Tensor) -> str:
         if self.is_soft(target.reshape(1, -1)) and target.numel() > 1:
-            return self.class_label(int(target.argmax())) + " (mixed)"
+            return weighted_text(self, target)  # mixed: the main classes and their weights
         return self.class_label(int(target.reshape(-1)[0]))
 
     def prediction_text(self, prediction: Prediction, i: int) -> str:
@@ -153,6 +163,8 @@ class BinaryTask(MulticlassTask):
         return target.is_floating_point() and bool(((target != 0) & (target != 1)).any())
 
     def target_text(self, target: Tensor) -> str:
+        if self.is_soft(target):  # mixed: the probability that the image is positive
+            return f"{self.class_label(1)} {float(target.reshape(-1)[0]):.2f}"
         return self.class_label(int(target.reshape(-1)[0].round()))
 
     def class_label(self, index: int) -> str:
@@ -279,6 +291,8 @@ class MultilabelTask(Task):
         return None
 
     def target_text(self, target: Tensor) -> str:
+        if self.is_soft(target):  # mixed: each label present, with its weight
+            return weighted_text(self, target, limit=self.num_classes)
         positives = (target.reshape(-1) > 0.5).nonzero().flatten().tolist()
         return "+".join(self.class_label(i) for i in positives) or "-"
 
