@@ -29,6 +29,7 @@ import yaml
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_finetune._noise import quiet_foreign_noise
 from lit_finetune.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from lit_finetune.callbacks.lr_monitor import GroupedLearningRateMonitor
 from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
@@ -337,6 +338,7 @@ def main(args: list[str] | None = None) -> None:
     argv = [arg for arg in argv if arg != "--debug"]
     if args is None:  # LightningCLI reads the command line itself (and warns about `args` given from it)
         sys.argv = sys.argv[:1] + argv
+    quiet_foreign_noise()
     try:
         run_subcommand(argv, from_sys_argv=args is None)
     except Exception as err:

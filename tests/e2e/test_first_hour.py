@@ -39,6 +39,7 @@ def test_fresh_fit_is_quiet_and_best_and_last_checkpoints_work_by_name(tmp_path:
     output = fit.stdout + fit.stderr
     assert fit.returncode == 0, output[-3000:]
     assert "ckpt_path" not in output, warnings_in(output)
+    assert "Tip:" not in output and "LeafSpec" not in output, output[-3000:]  # foreign noise filtered by its text
     run = tmp_path / "runs" / "quickstart" / "version_0"
     best = run / "checkpoints" / "best.ckpt"
     assert best.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
