@@ -12,7 +12,10 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
@@ -35,6 +38,7 @@ from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.networks import ClassifierNetwork
 from lit_finetune.schedulers import WarmupCosineLR
 from lit_finetune.tasks import Task, build_task
+from lit_finetune.tta import TTA_VIEWS, TTAMode, tta_logits, tta_views
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,17 @@ class FinetuneClassifier(LightningModule):
         no_weight_decay_norm_bias: no weight decay on norm layers, biases and position embeddings/tokens.
         cache_features: with a frozen backbone and deterministic transforms, compute each sample's pooled
             features once and train the head on the cache afterwards (linear probing).
+        tta: test-time augmentation of ``validate``, ``test`` and ``predict`` (not of the validation inside
+            ``fit``): ``"none"``, ``"hflip"`` (2 views), ``"five_crop"`` (5) or ``"ten_crop"`` (10). The
+            task's probabilities are averaged over the views; metrics, predictions and callbacks get the
+            logits of the averaged probabilities, and the logged loss is the configured loss on those
+            logits (cross-entropy: the NLL of the averaged probabilities). Export does not include it.
+        tta_crop_fraction: side of the ``five_crop``/``ten_crop`` crops relative to the image side (each crop
+            is resized back to the input size).
+        compile: ``torch.compile`` the backbone and the head (each on its own, used in the training,
+            validation, test and predict steps; calls from callbacks run eagerly).
+        compile_backend: the ``torch.compile`` backend (``"inductor"`` needs a C compiler on CPU;
+            ``"aot_eager"`` does not).
 
     Raises:
         ValueError: unknown backbone or weights, bad class count, or a loss without ``reduction``.
@@ -167,8 +182,15 @@ class FinetuneClassifier(LightningModule):
         num_train_samples: int | None = None,
         image_mean: tuple[float, float, float] | None = None,
         image_std: tuple[float, float, float] | None = None,
+        tta: TTAMode = "none",
+        tta_crop_fraction: float = 0.875,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
+        if tta not in TTA_VIEWS:
+            raise ValueError(f"Unknown `tta` {tta!r}: choose one of {sorted(TTA_VIEWS)}.")
+        tta_views(torch.zeros(1, 3, 8, 8), tta, tta_crop_fraction)  # checks the crop fraction now, not at test time
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
         if backbone_lr_mult < 0 or not 0 < layer_decay <= 1 or (head_lr is not None and head_lr <= 0):
@@ -197,6 +219,8 @@ class FinetuneClassifier(LightningModule):
         self.__dict__["network"] = ClassifierNetwork(self.backbone, self.head, channels_last)
         if channels_last:  # before the optimizer and any DDP wrapping see the parameters
             self.to(memory_format=torch.channels_last)
+        if compile:
+            self.network.compile_parts(compile_backend)
         self.head_lr = head_lr
         self.stages = backbone_stages(self.backbone)
         self.frozen_parameters = set(freeze_parameters(self, freeze_patterns(freeze, self.stages), train_bn=train_bn))
@@ -361,9 +385,24 @@ class FinetuneClassifier(LightningModule):
         mixed = batch.get(keys.MIXED, False)
         return self.hparams.cache_features and stage in self.feature_caches and keys.INDEX in batch and not mixed and self.backbone_is_frozen()
 
+    def _uses_tta(self) -> bool:
+        # validate/test/predict only: the validation inside fit (checkpoint selection) stays plain and cheap.
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        return self.hparams.tta != "none" and not self.training and not fitting
+
+    def _step_outputs(self, batch: dict, stage: str) -> dict[str, Tensor]:
+        """The forward of a step: compiled parts when ``compile``, test-time augmentation or cached features when on."""
+        with self.network.compiled_calls(self.hparams.compile):
+            if self._uses_tta():
+                forward = lambda images: self(images)[keys.LOGITS]  # noqa: E731
+                return {keys.LOGITS: tta_logits(self.task, forward, batch[keys.IMAGE], self.hparams.tta, self.hparams.tta_crop_fraction)}
+            if self._uses_cache(batch, stage):
+                return self._cached_forward(batch, stage)
+            return self(batch[keys.IMAGE])
+
     def _shared_step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         target = self.prepare_target(batch[keys.TARGET])
-        outputs = self._cached_forward(batch, stage) if self._uses_cache(batch, stage) else self(batch[keys.IMAGE])
+        outputs = self._step_outputs(batch, stage)
         terms = self.loss_terms(outputs, target) if type(self).compute_loss is FinetuneClassifier.compute_loss else None
         total = torch.stack(list(terms.values())).sum() if terms is not None else self.compute_loss(outputs, target)
         logits = outputs[keys.LOGITS].detach()
@@ -414,7 +453,7 @@ class FinetuneClassifier(LightningModule):
 
     @override
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        prediction = self.task.predict(self(batch[keys.IMAGE])[keys.LOGITS])
+        prediction = self.task.predict(self._step_outputs(batch, "predict")[keys.LOGITS])
         return {
             keys.PATH: batch[keys.PATH],
             keys.INDEX: batch[keys.INDEX],
@@ -464,9 +503,12 @@ class FinetuneClassifier(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The loss is configuration, not learned state: its buffers (class weights) come from the config
         # the model was built with, so a checkpoint saved with another loss still loads strictly.
-        state = checkpoint.get("state_dict")
-        if state is None:
-            return
-        for key in [k for k in state if k.startswith(LOSS_STATE_PREFIXES)]:
-            del state[key]
-        state.update({k: v for k, v in self.state_dict().items() if k.startswith(LOSS_STATE_PREFIXES)})
+        # EMAWeightAveraging keeps the raw weights under `current_model_state` (`state_dict` holds the average).
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(LOSS_STATE_PREFIXES)}
+        for name in ("state_dict", "current_model_state"):
+            state = checkpoint.get(name)
+            if state is None:
+                continue
+            for key in [k for k in state if k.startswith(LOSS_STATE_PREFIXES)]:
+                del state[key]
+            state.update(own)

@@ -7,6 +7,8 @@ on its pooled features. ``FinetuneClassifier`` holds the same two modules under 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,6 +22,11 @@ class ClassifierNetwork(nn.Module):
 
     In training mode, a backbone with no trainable parameter runs in eval mode under ``no_grad``
     (it keeps no activations for backward: the frozen-backbone fast path).
+
+    :meth:`compile_parts` compiles the backbone and the head with ``torch.compile``, each on its own:
+    the mode switch of the fast path stays in eager code between them, so it never breaks a graph.
+    The compiled parts run only inside :meth:`compiled_calls`; elsewhere the eager modules run, so
+    forward hooks added later (NaN replay, Grad-CAM) fire, which compiled graphs would skip.
 
     Args:
         backbone: maps ``(N, 3, H, W)`` images to pooled features ``(N, D)`` (inception_v3 in training:
@@ -40,6 +47,31 @@ class ClassifierNetwork(nn.Module):
         self.backbone = backbone
         self.head = head
         self.channels_last = channels_last
+        self._compiled_parts: dict[str, nn.Module] = {}
+        self._use_compiled = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Compiled graphs are neither copied nor pickled (an EMA copy, DDP spawn): a copy compiles its own.
+        return {**self.__dict__, "_compiled_parts": {}, "_use_compiled": False}
+
+    def compile_parts(self, backend: str = "inductor") -> None:
+        """Compile the backbone and the head with ``torch.compile(backend=backend)`` (used in :meth:`compiled_calls`)."""
+        self._compiled_parts = {
+            "backbone": torch.compile(self.backbone, backend=backend),
+            "head": torch.compile(self.head, backend=backend),
+        }
+
+    @contextmanager
+    def compiled_calls(self, enabled: bool = True) -> Iterator[None]:
+        """Within this context the compiled backbone and head run (if :meth:`compile_parts` was called)."""
+        previous, self._use_compiled = self._use_compiled, enabled and bool(self._compiled_parts)
+        try:
+            yield
+        finally:
+            self._use_compiled = previous
+
+    def _part(self, name: str) -> nn.Module:
+        return self._compiled_parts[name] if self._use_compiled else getattr(self, name)
 
     def backbone_is_frozen(self) -> bool:
         """True when no backbone parameter requires a gradient."""
@@ -53,13 +85,14 @@ class ClassifierNetwork(nn.Module):
         """
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        backbone = self._part("backbone")
         if not (self.head.training and self.backbone_is_frozen()):
-            return self.backbone(images)
+            return backbone(images)
         modes = [module.training for module in self.backbone.modules()]
         self.backbone.eval()
         try:
             with torch.no_grad():
-                return self.backbone(images)
+                return backbone(images)
         finally:
             for module, mode in zip(self.backbone.modules(), modes):
                 module.training = mode
@@ -69,7 +102,7 @@ class ClassifierNetwork(nn.Module):
         aux = None
         if isinstance(out, tuple):  # inception_v3 in training: (features, aux_logits)
             out, aux = out
-        result = {keys.LOGITS: self.head(out)}
+        result = {keys.LOGITS: self._part("head")(out)}
         if return_features:
             result[keys.FEATURES] = out
         if aux is not None:

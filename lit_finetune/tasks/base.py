@@ -43,6 +43,8 @@ class Task(ABC):
     """
 
     name: str = ""
+    dense: bool = False
+    """True when targets and predictions are per pixel (segmentation): callbacks draw masks instead of labels."""
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
         if class_names is not None and len(class_names) != num_classes:
@@ -70,6 +72,11 @@ class Task(ABC):
     @abstractmethod
     def predict(self, logits: Tensor) -> Prediction:
         """Probabilities and predicted classes of ``logits``."""
+
+    def logits_from_probs(self, probs: Tensor) -> Tensor:
+        """Logits whose :meth:`predict` gives back ``probs`` (shaped as ``predict`` returns them), e.g. for
+        probabilities averaged over test-time augmentations; probabilities are clamped away from 0 and 1."""
+        raise NotImplementedError(f"{type(self).__name__} cannot turn probabilities back into logits: implement `logits_from_probs`.")
 
     @abstractmethod
     def build_metrics(self) -> MetricCollection:

@@ -24,6 +24,19 @@ def weighted_text(task: Task, weights: Tensor, limit: int = SOFT_CAPTION_CLASSES
     parts = [f"{task.class_label(int(i))} {float(v):.2f}" for v, i in zip(values[:limit], order[:limit]) if v > 0]
     return "+".join(parts) or "-"
 
+SOFT_CAPTION_CLASSES = 2
+"""Classes named in the caption of a soft (mixed) target: the heaviest ones, with their weights."""
+
+
+def weighted_text(task: Task, weights: Tensor, limit: int = SOFT_CAPTION_CLASSES) -> str:
+    """``"cat 0.62+dog 0.38"``: the ``limit`` heaviest classes of one soft target and their weights (zeros left out)."""
+    values, order = weights.reshape(-1).float().sort(descending=True, stable=True)
+    parts = [f"{task.class_label(int(i))} {float(v):.2f}" for v, i in zip(values[:limit], order[:limit]) if v > 0]
+    return "+".join(parts) or "-"
+
+PROB_EPS = 1e-7
+"""Probabilities are clamped to ``[PROB_EPS, 1 - PROB_EPS]`` when turned back into logits."""
+
 
 class MulticlassTask(Task):
     """One class per image: softmax over ``num_classes`` logits.
@@ -70,6 +83,10 @@ class MulticlassTask(Task):
         probs = logits.float().softmax(dim=1)
         prob, pred = probs.max(dim=1)
         return Prediction(probs, pred, prob)
+
+    def logits_from_probs(self, probs: Tensor) -> Tensor:
+        # log p: softmax(log p) = p for probabilities that sum to 1
+        return probs.float().clamp_min(PROB_EPS).log()
 
     def build_metrics(self) -> MetricCollection:
         n = self.num_classes
@@ -149,6 +166,9 @@ class BinaryTask(MulticlassTask):
         p = probs[:, 0]
         pred = (p > self.threshold).long()
         return Prediction(probs, pred, torch.where(pred.bool(), p, 1 - p))
+
+    def logits_from_probs(self, probs: Tensor) -> Tensor:
+        return torch.logit(probs.float().reshape(len(probs), 1), eps=PROB_EPS)
 
     def build_metrics(self) -> MetricCollection:
         t = self.threshold
@@ -246,6 +266,9 @@ class MultilabelTask(Task):
         probs = logits.float().sigmoid()
         prob, pred = probs.max(dim=1)
         return Prediction(probs, pred, prob, labels=probs > self.thresholds.to(probs.device))
+
+    def logits_from_probs(self, probs: Tensor) -> Tensor:
+        return torch.logit(probs.float(), eps=PROB_EPS)
 
     def build_metrics(self) -> MetricCollection:
         n = self.num_classes
