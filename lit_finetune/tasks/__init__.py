@@ -2,5 +2,6 @@
 
 from lit_finetune.tasks.base import Prediction, Task, TaskModule, task_of
 from lit_finetune.tasks.classification import TASKS, BinaryTask, MulticlassTask, MultilabelTask, build_task
+from lit_finetune.tasks.segmentation import SegmentationTask, build_segmentation_task
 
-__all__ = ["TASKS", "BinaryTask", "MulticlassTask", "MultilabelTask", "Prediction", "Task", "TaskModule", "build_task", "task_of"]
+__all__ = ["TASKS", "BinaryTask", "MulticlassTask", "MultilabelTask", "Prediction", "SegmentationTask", "Task", "TaskModule", "build_segmentation_task", "build_task", "task_of"]
