@@ -113,6 +113,8 @@ def read_class_names(root: Path, class_names: Sequence[str] | None, num_classes:
     Raises:
         ValueError: neither names nor ``num_classes`` are given, or they disagree.
     """
+    if task == "binary" and num_classes not in (None, 2):
+        raise ValueError(f"task 'binary' has 2 classes (background, foreground), not num_classes={num_classes}. Use task 'multiclass'.")
     source = "data.class_names"
     names = list(class_names) if class_names else None
     if names is None and (root / "classes.txt").is_file():
