@@ -38,7 +38,8 @@ class SegmentationMaskWriter(BasePredictionWriter):
             ``predict --ckpt_path ...``, the checkpoint's run folder: ``<run>/predict/masks/``).
         overlay: also write the images with their predicted masks blended in.
         alpha: opacity of the mask colours in overlays.
-        palette: one RGB colour per class; None: the data module's ``palette``, else Pascal VOC's colours.
+        palette: one RGB colour per class; None: the module's ``palette`` (kept in its checkpoint), else the data
+            module's, else Pascal VOC's colours.
 
     Raises:
         ValueError: ``alpha`` is not in [0, 1].
@@ -64,11 +65,11 @@ class SegmentationMaskWriter(BasePredictionWriter):
         """Where the masks go."""
         return Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir) / "masks"
 
-    def _palette(self, trainer: Trainer, channels: int) -> list[tuple[int, int, int]]:
-        if self.palette is not None:
-            return [tuple(c) for c in self.palette]
-        palette = getattr(getattr(trainer, "datamodule", None), "palette", None)
-        return list(palette) if palette else default_palette(max(channels, 2))
+    def _palette(self, trainer: Trainer, pl_module: LightningModule, channels: int) -> list[tuple[int, int, int]]:
+        for palette in (self.palette, getattr(pl_module, "palette", None), getattr(getattr(trainer, "datamodule", None), "palette", None)):
+            if palette:
+                return [tuple(int(v) for v in color) for color in palette]
+        return default_palette(max(channels, 2))
 
     def _name(self, path: str, index: int) -> str:
         name = Path(path).stem
@@ -92,7 +93,7 @@ class SegmentationMaskWriter(BasePredictionWriter):
         sizes = prediction.get(keys.ORIGINAL_SIZE)
         folder = self.folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
-        palette = self._palette(trainer, logits.shape[1])
+        palette = self._palette(trainer, pl_module, logits.shape[1])
         for i, (index, path) in enumerate(zip(torch.as_tensor(prediction[keys.INDEX]).tolist(), prediction[keys.PATH])):
             size = tuple(int(v) for v in sizes[i]) if sizes is not None else tuple(logits.shape[-2:])
             resized = F.interpolate(logits[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)

@@ -109,11 +109,13 @@ class MaskInfo:
     Attributes:
         mask: the mask file.
         values: the distinct stored values of the mask.
+        counts: the number of pixels of each of those values.
         error: why the pair cannot be used (unreadable or RGB mask, unreadable image, other size); None when fine.
     """
 
     mask: str
     values: tuple[int, ...] = ()
+    counts: tuple[int, ...] = ()
     error: str | None = None
 
 
@@ -129,7 +131,8 @@ def inspect_pair(image: str, mask: str) -> MaskInfo:
         return MaskInfo(mask, error=f"image '{image}' cannot be read: {type(err).__name__}: {err}")
     if tuple(values.shape) != size:
         return MaskInfo(mask, error=f"mask is {values.shape[0]}x{values.shape[1]} (HxW) but its image '{image}' is {size[0]}x{size[1]}")
-    return MaskInfo(mask, tuple(np.unique(values).tolist()))
+    distinct, counts = np.unique(values, return_counts=True)
+    return MaskInfo(mask, tuple(distinct.tolist()), tuple(counts.tolist()))
 
 
 def scan_masks(pairs: Sequence[tuple[str, str]], num_threads: int | None = None) -> list[MaskInfo]:

@@ -445,6 +445,28 @@ class SegmentationDataModule(LightningDataModule):
         """Number of classes, background included (binary: 2)."""
         return len(self.class_names)
 
+    @property
+    def num_train_samples(self) -> int:
+        """Number of training image/mask pairs."""
+        return len(self.train_pairs)
+
+    @property
+    def class_counts(self) -> list[int] | None:
+        """Labelled pixels per class in the training masks (binary: ``[background, foreground]``), for loss weights.
+
+        Reads the masks (the set-up check, done once, errors included); None with ``check_masks: false``.
+        """
+        if not self.hparams.check_masks:
+            return None
+        self.check_masks()
+        totals: dict[int, int] = {}
+        for info in self._infos[: len(self.train_pairs)]:
+            for value, count in zip(info.values, info.counts):
+                totals[value] = totals.get(value, 0) + count
+        if self.task == "binary":
+            return [totals.get(0, 0), totals.get(self.positive_value, 0)]
+        return [totals.get(i, 0) for i in range(self.num_classes)]
+
     def _scan(self, val_fraction: float, seed: int, suffix: str) -> tuple[list, list, list]:
         if not self.root.is_dir():
             raise FileNotFoundError(f"Data folder '{self.root}' does not exist. Check `data.root` (expected root/images/ and root/masks/, or root/train/ and root/val/).")
@@ -498,6 +520,7 @@ class SegmentationDataModule(LightningDataModule):
             infos = scan_masks(pairs)
         else:  # every process lists the same pairs: one scan serves all
             infos = trainer.strategy.broadcast(scan_masks(pairs) if trainer.global_rank == 0 else None, src=0)
+        self._infos = infos
         if self.positive_value is None:
             self.positive_value = binary_positive_value(infos[: len(self.train_pairs)], self.ignore_index) if binary else 1
         allowed = allowed_values(self.num_classes, self.ignore_index, binary, self.positive_value)

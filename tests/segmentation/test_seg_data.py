@@ -135,6 +135,17 @@ def test_binary_0_1_masks_keep_255_as_ignored(tmp_path: Path) -> None:
     assert torch.equal(dm.train_set[0][keys.TARGET], torch.from_numpy(values))
 
 
+def test_class_counts_are_labelled_pixels_per_class_of_the_training_masks(tmp_path: Path) -> None:
+    write_split_root(tmp_path, num_classes=4)
+    masks = [read_mask(p) for p in sorted((tmp_path / "train" / "masks").iterdir())]
+    masks[0][0, :] = 255  # ignored pixels count for no class
+    save_mask(masks[0], tmp_path / "train" / "masks" / "img000.png")
+    dm = module(tmp_path, num_classes=4)
+    expected = np.bincount(np.concatenate([m[m != 255] for m in masks]), minlength=4).tolist()
+    assert dm.class_counts == expected and sum(expected) == 4 * 24 * 32 - 32 and dm.num_train_samples == 4
+    assert module(tmp_path, num_classes=4, check_masks=False).class_counts is None
+
+
 def test_class_names_from_classes_txt_config_or_count(tmp_path: Path) -> None:
     write_split_root(tmp_path)
     assert module(tmp_path, num_classes=3).class_names == ["0", "1", "2"]
