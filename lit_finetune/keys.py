@@ -17,8 +17,6 @@ PATH = "path"
 """File the sample was read from (a string; a list of strings in a batch)."""
 MIXED = "mixed"
 """``True`` in a training batch mixed by MixUp/CutMix (absent otherwise): its targets are not hard labels."""
-MIXED = "mixed"
-"""``True`` in a training batch mixed by MixUp/CutMix (absent otherwise): its targets are not hard labels."""
 ORIGINAL_SIZE = "original_size"
 """Size of the image file, a long tensor ``(2,)`` = ``(height, width)`` (``(N, 2)`` in a batch); segmentation predict."""
 

@@ -24,16 +24,6 @@ def weighted_text(task: Task, weights: Tensor, limit: int = SOFT_CAPTION_CLASSES
     parts = [f"{task.class_label(int(i))} {float(v):.2f}" for v, i in zip(values[:limit], order[:limit]) if v > 0]
     return "+".join(parts) or "-"
 
-SOFT_CAPTION_CLASSES = 2
-"""Classes named in the caption of a soft (mixed) target: the heaviest ones, with their weights."""
-
-
-def weighted_text(task: Task, weights: Tensor, limit: int = SOFT_CAPTION_CLASSES) -> str:
-    """``"cat 0.62+dog 0.38"``: the ``limit`` heaviest classes of one soft target and their weights (zeros left out)."""
-    values, order = weights.reshape(-1).float().sort(descending=True, stable=True)
-    parts = [f"{task.class_label(int(i))} {float(v):.2f}" for v, i in zip(values[:limit], order[:limit]) if v > 0]
-    return "+".join(parts) or "-"
-
 
 PROB_EPS = 1e-7
 """Probabilities are clamped to ``[PROB_EPS, 1 - PROB_EPS]`` when turned back into logits."""
