@@ -25,11 +25,20 @@ from lit_finetune.heads import ClassifierHead
 from lit_finetune.lr_finder import suggest_lr
 from lit_finetune.module import FinetuneClassifier
 from lit_finetune.schedulers import StepDecayLR, WarmupCosineLR
+from lit_finetune.segmentation import SegmentationModule
+from lit_finetune.segmenters import EncoderDecoderSegmenter, TorchvisionSegmenter, build_segmenter, segmentation_models
 from lit_finetune.stages import backbone_stages, register_stages
+from lit_finetune.tasks import SegmentationTask
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "segmentation_models",
+    "build_segmenter",
+    "TorchvisionSegmenter",
+    "SegmentationTask",
+    "SegmentationModule",
+    "EncoderDecoderSegmenter",
     "AtomicCheckpointIO",
     "BestWorstSamples",
     "ClassificationReport",

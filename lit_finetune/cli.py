@@ -17,6 +17,7 @@ and are written atomically (``AtomicCheckpointIO``), an interrupted run writes `
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_finetune._noise import quiet_foreign_noise
@@ -52,6 +54,9 @@ EXTRA_SUBCOMMANDS = {
     "check-data": "Find unreadable images under a data folder.",
 }
 
+DEFAULT_MODEL = "lit_finetune.module.FinetuneClassifier"
+DEFAULT_DATA = "lit_finetune.data.datamodule.ImageFolderDataModule"
+DEFAULT_MONITOR = "val/acc"
 DEBUG_ENV = "LIT_FINETUNE_DEBUG"
 EVALUATION_SUBCOMMANDS = ("validate", "test", "predict")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -133,6 +138,26 @@ def resume_logger_version(config) -> None:
         newest = max(runs, key=lambda p: p.stat().st_mtime)
         init_args.version = newest.parent.parent.name
         log.info("--ckpt_path last: resuming %s", newest.parent.parent)
+
+
+def monitor_model_metric(config) -> None:
+    """Point the checkpoint at the model's own metric when the default ``val/acc`` is not one of its metrics.
+
+    A model class may name its checkpoint metric in ``checkpoint_monitor`` and ``checkpoint_filename``
+    (``SegmentationModule``: ``val/miou``); a monitor set in the config is left as it is.
+    """
+    checkpoint, model = config.get("checkpoint"), config.get("model")
+    if checkpoint is None or model is None or checkpoint.get("monitor") != DEFAULT_MONITOR or not model.get("class_path"):
+        return
+    try:
+        module, _, name = model.class_path.rpartition(".")
+        model_class = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return  # jsonargparse reports an unknown class itself
+    monitor = getattr(model_class, "checkpoint_monitor", None)
+    if monitor:
+        checkpoint.monitor = monitor
+        checkpoint.filename = getattr(model_class, "checkpoint_filename", checkpoint.get("filename"))
 
 
 def config_files(args: list[str]) -> list[str]:
@@ -222,10 +247,16 @@ class FinetuneCLI(LightningCLI):
     """LightningCLI that links data and model options and adds the default callbacks."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # With a `class_path` (subclass mode), options live under `init_args`; a section without one is the
+        # classifier / image folders.
+        model = "model.init_args." if self.subclass_mode_model else "model."
+        data = "data.init_args." if self.subclass_mode_data else "data."
+        if self.subclass_mode_model:
+            parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
         parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/acc",
+                "checkpoint.monitor": DEFAULT_MONITOR,
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "epoch{epoch:02d}-acc{val/acc:.4f}",
@@ -238,17 +269,17 @@ class FinetuneCLI(LightningCLI):
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         # The data module picks default transforms from the model's weights ...
-        parser.link_arguments("model.backbone", "data.backbone")
-        parser.link_arguments("model.weights", "data.weights")
-        parser.link_arguments("model.task", "data.task")
+        parser.link_arguments(f"{model}backbone", f"{data}backbone")
+        parser.link_arguments(f"{model}weights", f"{data}weights")
+        parser.link_arguments(f"{model}task", f"{data}task")
         # ... and the model learns its classes from the data.
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        parser.link_arguments("data.class_counts", "model.class_counts", apply_on="instantiate")
-        parser.link_arguments("data.num_train_samples", "model.num_train_samples", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", f"{model}num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", f"{model}class_names", apply_on="instantiate")
+        parser.link_arguments("data.class_counts", f"{model}class_counts", apply_on="instantiate")
+        parser.link_arguments("data.num_train_samples", f"{model}num_train_samples", apply_on="instantiate")
         # Pictures in TensorBoard are de-normalized with the statistics the data was normalized with.
-        parser.link_arguments("data", "model.image_mean", compute_fn=lambda data: tuple(data.preprocessing.mean), apply_on="instantiate")
-        parser.link_arguments("data", "model.image_std", compute_fn=lambda data: tuple(data.preprocessing.std), apply_on="instantiate")
+        parser.link_arguments("data", f"{model}image_mean", compute_fn=lambda data: tuple(data.preprocessing.mean), apply_on="instantiate")
+        parser.link_arguments("data", f"{model}image_std", compute_fn=lambda data: tuple(data.preprocessing.std), apply_on="instantiate")
         parser.add_argument(
             "--lr_find",
             type=bool,
@@ -283,8 +314,11 @@ class FinetuneCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand) if self.subcommand else None
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config is None:
+            return
+        monitor_model_metric(config)
+        if not self.subcommand:
             return
         if self.subcommand in EVALUATION_SUBCOMMANDS:
             log_beside_checkpoint(config, self.subcommand)
@@ -292,11 +326,37 @@ class FinetuneCLI(LightningCLI):
             resume_logger_version(config)
 
 
+def names_class_path(args: list[str]) -> bool:
+    """Whether a command line (or one of its ``--config`` files) gives ``model`` or ``data`` a ``class_path``."""
+    for i, arg in enumerate(args):
+        if arg.startswith(("--model.class_path", "--data.class_path", "--model=", "--data=")):
+            return True
+        if arg in ("--model", "--data") and i + 1 < len(args):
+            return True
+    for path in config_files(args):
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # the parser reports the file itself
+        if isinstance(config, dict) and any(isinstance(config.get(key), dict) and "class_path" in config[key] for key in ("model", "data")):
+            return True
+    return False
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> FinetuneCLI:
-    """Parse ``args`` (``sys.argv`` when None), build the model, data and trainer, and run the subcommand."""
+    """Parse ``args`` (``sys.argv`` when None), build the model, data and trainer, and run the subcommand.
+
+    A config that names ``model.class_path`` or ``data.class_path`` (``lit_finetune.SegmentationModule``,
+    ``lit_finetune.SegmentationDataModule``, a subclass of your own) runs in LightningCLI's subclass mode,
+    with ``FinetuneClassifier`` and ``ImageFolderDataModule`` as the defaults; otherwise the options of
+    those two are given directly (``model: {backbone: resnet18}``), as in every classification config.
+    """
+    subclass = names_class_path(sys.argv[1:] if args is None else list(args))
     return FinetuneCLI(
-        FinetuneClassifier,
-        ImageFolderDataModule,
+        LightningModule if subclass else FinetuneClassifier,
+        LightningDataModule if subclass else ImageFolderDataModule,
+        subclass_mode_model=subclass,
+        subclass_mode_data=subclass,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,

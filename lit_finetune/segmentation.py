@@ -108,6 +108,10 @@ class SegmentationModule(LightningModule):
         model(torch.randn(2, 3, 64, 64))["logits"].shape  # (2, 3, 64, 64)
     """
 
+    checkpoint_monitor = "val/miou"
+    """The metric the command line's checkpoint keeps the best of (instead of ``val/acc``)."""
+    checkpoint_filename = "epoch{epoch:02d}-miou{val/miou:.4f}"
+
     def __init__(
         self,
         num_classes: int,
