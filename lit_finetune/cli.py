@@ -37,6 +37,7 @@ from lit_finetune.callbacks.lr_monitor import GroupedLearningRateMonitor
 from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
 from lit_finetune.callbacks.resumable_checkpoint import ResumableModelCheckpoint
 from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
+from lit_finetune.callbacks.test_report import TestReport
 from lit_finetune.data.datamodule import ImageFolderDataModule
 from lit_finetune.module import FinetuneClassifier
 
@@ -268,6 +269,7 @@ class FinetuneCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
+        parser.add_lightning_class_args(TestReport, "test_report")  # acts in `test` only: test_report.csv/.md
         # The data module picks default transforms from the model's weights ...
         parser.link_arguments(f"{model}backbone", f"{data}backbone")
         parser.link_arguments(f"{model}weights", f"{data}weights")

@@ -12,6 +12,7 @@ from lit_finetune.callbacks.nan_guard import NanGuard
 from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
 from lit_finetune.callbacks.resumable_checkpoint import ResumableModelCheckpoint
 from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
+from lit_finetune.callbacks.test_report import TestReport
 from lit_finetune.callbacks.unfreeze import UnfreezeSchedule
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "NanGuard",
     "PredictionCSVWriter",
     "RNGStateCheckpoint",
+    "TestReport",
     "SegmentationMaskWriter",
     "ResumableModelCheckpoint",
     "UnfreezeSchedule",

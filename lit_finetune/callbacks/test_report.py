@@ -11,7 +11,6 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
@@ -34,7 +33,7 @@ class TestReport(Callback):
     scikit-learn's ``classification_report``; each class row also holds its confusion-matrix row
     (``pred:<class>`` columns: how many images of that true class were predicted as each class).
     Multilabel: a row per label (its decision at the label's threshold) with its ``tn``/``fp``/``fn``/``tp``.
-    Batches with soft targets (mixup) are skipped. Written, on rank zero, to ``<dirpath>/test_report.csv``
+    Batches with soft targets (mixup) are skipped; per-pixel (segmentation) tasks are left out. Written, on rank zero, to ``<dirpath>/test_report.csv``
     and ``test_report.md`` and to TensorBoard as text ``test_report``.
 
     Args:
@@ -87,6 +86,9 @@ class TestReport(Callback):
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.task = task_of(pl_module, "TestReport")
+        if self.task.dense:  # per-pixel tasks (segmentation) report their own per-class scores
+            self.metrics = None
+            return
         self.metrics = self._build(self.task).to(pl_module.device)
 
     @override
