@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -148,14 +149,19 @@ def export_checkpoint(
     example = torch.zeros(2, 3, pre["crop_size"], pre["crop_size"])
     # Lightning's own switch that lets tracers read `trainer` on a module that has none (as in `to_torchscript`).
     model._jit_is_scripting = True
+    logits_model = LogitsModel(model).eval()  # the wrapper too: a new module starts in training mode
     if torchscript:
         files["torchscript"] = str(out / "model.torchscript.pt")
-        torch.jit.trace(LogitsModel(model), example).save(files["torchscript"])
+        with warnings.catch_warnings():
+            # torch >= 2.9 marks torch.jit deprecated; the file is still what `torch.jit.load` users need.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=FutureWarning)
+            torch.jit.trace(logits_model, example).save(files["torchscript"])
     if onnx:
         files["onnx"] = str(out / "model.onnx")
         batch = torch.export.Dim("batch", min=1)
         torch.onnx.export(
-            LogitsModel(model), (example,), files["onnx"], input_names=["images"], output_names=["logits"], dynamic_shapes={"images": {0: batch}}
+            logits_model, (example,), files["onnx"], input_names=["images"], output_names=["logits"], dynamic_shapes={"images": {0: batch}},
+            verbose=False,  # no progress lines per export stage
         )
     hparams = checkpoint["hyper_parameters"]
     config = {

@@ -50,6 +50,17 @@ def stage_lr_scales(num_stages: int, backbone_lr_mult: float = 1.0, layer_decay:
     return [backbone_lr_mult * layer_decay ** (num_stages - i) for i in range(num_stages)]
 
 
+def held_groups(trainer: Any) -> list[str]:
+    """Parts that callbacks of ``trainer`` hold apart, to pass as ``keep_separate`` to :func:`parameter_groups`.
+
+    A callback that schedules a part of the model on its own (``UnfreezeSchedule``) names those parts in a
+    ``group_names()`` method; modules call this in ``parameter_groups()`` so that no group they hold is merged
+    with others. ``[]`` without a trainer.
+    """
+    callbacks = getattr(trainer, "callbacks", None) or []
+    return sorted({name for callback in callbacks if callable(getattr(callback, "group_names", None)) for name in callback.group_names()})
+
+
 def parameter_groups(
     model: nn.Module,
     stages: Sequence[Sequence[str]],

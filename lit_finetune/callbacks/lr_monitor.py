@@ -18,6 +18,11 @@ class GroupedLearningRateMonitor(LearningRateMonitor):
     learning rates, momenta and weight decays share the last section, and ``train/loss``,
     ``val/acc`` and ``val/loss`` are on the first screen.
 
+    Charts are drawn only for groups whose values differ: a ``<name>.no_decay`` group (see
+    :func:`lit_finetune.param_groups.parameter_groups`) has the LR and momentum of its twin ``<name>``
+    and a weight decay of 0, so when the twin is present its charts are left out. A plain recipe shows
+    one LR, one momentum and one weight decay.
+
     Args:
         logging_interval: ``"step"``, ``"epoch"`` or None (the scheduler's interval).
         log_momentum: also log the momentum (``betas[0]`` for Adam-like optimizers).
@@ -41,4 +46,16 @@ class GroupedLearningRateMonitor(LearningRateMonitor):
 
     @override
     def _extract_stats(self, trainer: Trainer, interval: str) -> dict[str, float]:
-        return {f"{self.prefix}{name}": value for name, value in super()._extract_stats(trainer, interval).items()}
+        stats = super()._extract_stats(trainer, interval)
+        return {f"{self.prefix}{name}": value for name, value in stats.items() if not _twin_present(name, stats)}
+
+
+def _twin_present(tag: str, stats: dict[str, float]) -> bool:
+    """Whether ``tag`` (``lr-AdamW/all.no_decay``, ``...-momentum``) belongs to a ``.no_decay`` group whose twin is logged."""
+    for suffix in ("", "-momentum", "-weight_decay"):
+        if suffix and not tag.endswith(suffix):
+            continue
+        group = tag[: len(tag) - len(suffix)] if suffix else tag
+        if group.endswith(".no_decay") and group.removesuffix(".no_decay") in stats:
+            return True
+    return False

@@ -39,6 +39,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_finetune.freezing import hold_eval, release_eval
+from lit_finetune.param_groups import held_groups
 from lit_finetune.stages import backbone_stages
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,7 @@ def held_stage_groups(trainer: Optional[pl.Trainer]) -> list[str]:
 
         groups = parameter_groups(module, stages, keep_separate=held_stage_groups(module._trainer))
     """
-    callbacks = trainer.callbacks if trainer is not None else []
-    return sorted({name for callback in callbacks if isinstance(callback, UnfreezeSchedule) for name in callback.group_names()})
+    return held_groups(trainer)
 
 
 class UnfreezeSchedule(BaseFinetuning):

@@ -59,12 +59,14 @@ def test_fit_predict_validate(tmp_path: Path, image_folder: Path) -> None:
 
     version = tmp_path / "runs" / "e2e" / "version_0"
     ckpts = sorted(p.name for p in (version / "checkpoints").iterdir())
-    assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts
-    best = next(version / "checkpoints" / name for name in ckpts if name != "last.ckpt")
+    assert {"last.ckpt", "best.ckpt"} <= set(ckpts) and len(ckpts) == 3, ckpts  # + the best one under its metric name
+    best = next(version / "checkpoints" / name for name in ckpts if name.startswith("epoch"))
     logged = scalars(version)
     assert len(logged["train/loss"]) == 4  # 16 images / batch 8 * 2 epochs, one value per step
     assert len(logged["val/acc"]) == 2 and {"val/loss", "val/f1", "train/loss_epoch", "train/acc"} <= set(logged)
-    assert any(tag.startswith("lr-AdamW") for tag in logged) and any("momentum" in tag for tag in logged)
+    # One LR, momentum and weight decay chart for a plain recipe, in one section after the metrics.
+    optim = sorted(tag for tag in logged if "lr-AdamW" in tag)
+    assert optim == ["zz-optim/lr-AdamW/all", "zz-optim/lr-AdamW/all-momentum", "zz-optim/lr-AdamW/all-weight_decay"], optim
 
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["class_names"] == ["cat", "dog"]
@@ -81,7 +83,8 @@ def test_fit_predict_validate(tmp_path: Path, image_folder: Path) -> None:
     assert all(0.5 <= float(r["probability"]) <= 1.0 and Path(r["path"]).is_file() for r in rows)
 
     run("validate", "--config", str(config), "--ckpt_path", str(best), cwd=tmp_path)
-    validated = scalars(tmp_path / "runs" / "e2e" / "version_2")["val/acc"]
+    validated = scalars(version / "validate")["val/acc"]  # beside the checkpoint's run, no new version folder
+    assert sorted(p.name for p in version.parent.iterdir()) == ["version_0"]
     assert validated[0][1] == pytest.approx(best_acc, abs=1e-6)
 
 

@@ -48,7 +48,7 @@ def test_one_checkpoint_folder_written_once(ddp_run):
     runs = ddp_run["tmp"] / "runs" / "run"
     assert [p.name for p in runs.iterdir()] == ["version_0"]  # rank 1 made no logger folder of its own
     names = sorted(p.name for p in (runs / "version_0" / "checkpoints").iterdir())
-    assert len(names) == 2 and names[1] == "last.ckpt" and names[0].startswith("epoch00-")  # no temporaries left
+    assert len(names) == 3 and names[0] == "best.ckpt" and names[2] == "last.ckpt" and names[1].startswith("epoch00-")  # no temporaries left
     ckpt = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     rank0 = ddp_run["ranks"][0]["state_dict"]
     assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in rank0.items())
