@@ -431,7 +431,8 @@ class FinetuneClassifier(LightningModule):
         out = self._shared_step(batch, "train")
         self.log("train/loss", out[keys.LOSS], on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        if any(metric.update_called for metric in self.train_metrics.values()):  # not while every batch is mixed
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return out
 
     @override

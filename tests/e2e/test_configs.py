@@ -39,6 +39,8 @@ CASES = {
     # 16-mixed is GPU-only in Lightning; on CPU the same overlay runs with bf16-mixed.
     "amp": (["quickstart.yaml", "amp.yaml"], ["--trainer.precision", "bf16-mixed"]),
     "overfit_one_batch": (["quickstart.yaml", "overfit_one_batch.yaml"], []),
+    # The overlay warms up for 2 epochs: three epochs of two batches run the warm-up and the cosine.
+    "small_data": (["quickstart.yaml", "recipes/small_data.yaml"], ["--trainer.max_epochs", "3"]),
 }
 
 
@@ -54,6 +56,9 @@ def test_config_fits_a_few_steps(name: str, tmp_path: Path, image_folder: Path, 
     assert cli.datamodule.class_names == ["cat", "dog"]
     if name == "linear_probe":
         assert not any(p.requires_grad for p in cli.model.backbone.parameters())
+    if name == "small_data":
+        assert cli.datamodule.hparams.augment == "trivialaugment" and cli.datamodule.mixer is not None
+        assert cli.model.hparams.label_smoothing == 0.1 and cli.trainer.global_step == 6
     if name == "amp":
         assert cli.trainer.precision == "bf16-mixed" and cli.trainer.gradient_clip_val == 1.0
 
