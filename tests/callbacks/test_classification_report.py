@@ -43,6 +43,23 @@ def test_histograms_and_curves(full_run):
     assert "report/most_confused/text_summary" in tags
 
 
+def test_pr_curves_equal_a_direct_count(full_run):
+    from tensorboard.util.tensor_util import make_ndarray
+
+    _, logits, targets = val_losses(full_run)
+    probs = logits.float().softmax(dim=1)
+    for i, name in enumerate(CLASSES):
+        curve = make_ndarray(full_run.events.Tensors(f"report/pr_curve/{name}")[-1].tensor_proto)  # TP, FP, TN, FN, P, R
+        thresholds = torch.linspace(0, 1, curve.shape[1])
+        predicted = probs[:, i : i + 1] >= thresholds  # (N, T): positive at each threshold
+        positive = (targets == i).unsqueeze(1)
+        tp, fp = (predicted & positive).sum(0), (predicted & ~positive).sum(0)
+        fn, tn = (~predicted & positive).sum(0), (~predicted & ~positive).sum(0)
+        assert curve[:4].tolist() == [tp.tolist(), fp.tolist(), tn.tolist(), fn.tolist()], name
+        assert curve[5] == pytest.approx((tp / positive.sum().clamp_min(1)).tolist())  # recall
+        assert curve[0, 0] == positive.sum() and curve[1, 0] == (~positive).sum()  # threshold 0: everything positive
+
+
 def test_validation():
     with pytest.raises(ValueError, match="num_thresholds.*got 1"):
         ClassificationReport(num_thresholds=1)

@@ -13,6 +13,9 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lightning.pytorch import Callback
+
+from lit_finetune import keys
 from lit_finetune.cli import build_cli
 
 CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
@@ -105,11 +108,37 @@ def test_overfit_one_batch_drives_the_loss_to_zero(tmp_path: Path, image_folder:
 def test_bf16_mixed_fit_runs_on_cpu(tmp_path: Path, image_folder: Path) -> None:
     config = write_config(tmp_path, image_folder, max_epochs=1)
     root = Path(__file__).resolve().parents[2]
-    args = ["fit", "--config", str(config), "--config", str(root / "configs" / "amp.yaml"), "--trainer.precision", "bf16-mixed"]
-    cli = build_cli(args)
-    assert cli.trainer.precision == "bf16-mixed"
-    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
-    assert cli.trainer.state.finished
+    args = ["--config", str(config), "--config", str(root / "configs" / "amp.yaml"), "--trainer.precision", "bf16-mixed"]
+    cli = build_cli(args, run=False)
+    assert cli.trainer.precision == "bf16-mixed" and cli.trainer.gradient_clip_val == 1.0  # amp.yaml's clipping
+    cli.trainer.gradient_clip_val = 1e-3  # small enough that every step must be clipped
+    seen = AmpProbe()
+    cli.trainer.callbacks.append(seen)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    assert seen.logit_dtypes == {torch.bfloat16}  # the forward ran under bf16 autocast
+    assert seen.unclipped and min(seen.unclipped) > 1e-3  # gradients that needed clipping ...
+    assert len(seen.clipped) == len(seen.unclipped) and max(seen.clipped) <= 1e-3 * 1.001  # ... were clipped before the step
+
+
+class AmpProbe(Callback):
+    """Records the logits' dtype, and the gradient norm before clipping and when the optimizer steps."""
+
+    def __init__(self) -> None:
+        self.logit_dtypes, self.unclipped, self.clipped = set(), [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.logit_dtypes.add(outputs[keys.LOGITS].dtype)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.unclipped.append(grad_norm(pl_module))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        trainer.optimizers[0].register_step_post_hook(lambda *args: self.clipped.append(grad_norm(pl_module)))  # the gradients the step used
+
+
+def grad_norm(module) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None])))
 
 
 def test_lr_find_option_sets_the_head_lr_before_fitting(tmp_path: Path, image_folder: Path) -> None:
