@@ -22,15 +22,11 @@ from typing_extensions import override
 from lit_finetune import keys
 from lit_finetune.backbones import MIN_INPUT_SIZE, create_backbone
 from lit_finetune.data.transforms import default_preprocessing
-from lit_finetune.finetuning import (
-    FeatureCache,
-    FreezeSpec,
-    apply_lr_scales,
-    backbone_stages,
-    freeze_patterns,
-    parameter_groups,
-)
-from lit_finetune.finetuning import freeze as freeze_parameters
+from lit_finetune.feature_cache import FeatureCache
+from lit_finetune.freezing import FreezeSpec, freeze_patterns
+from lit_finetune.freezing import freeze as freeze_parameters
+from lit_finetune.param_groups import apply_lr_scales, held_groups, parameter_groups
+from lit_finetune.stages import backbone_stages
 from lit_finetune.heads import ClassifierHead
 from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.networks import ClassifierNetwork
@@ -297,6 +293,7 @@ class FinetuneClassifier(LightningModule):
             layer_decay=self.hparams.layer_decay,
             no_weight_decay_norm_bias=self.hparams.no_weight_decay_norm_bias,
             exclude=self.frozen_parameters,
+            keep_separate=held_groups(self._trainer),  # stages an unfreeze schedule warms up keep their own groups
         )
 
     def backbone_is_frozen(self) -> bool:
