@@ -18,6 +18,7 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.callbacks._images import caption_tiles, denormalize, fit_size, tile_grid
+from lit_finetune.callbacks._masks import overlay_masks, shrink_masks
 from lit_finetune.callbacks._tensorboard import has_tensorboard, tensorboard_writer
 from lit_finetune.tasks import task_of
 
@@ -63,7 +64,10 @@ class BestWorstSamples(Callback):
     """Log a grid of the ``k`` samples with the highest and the ``k`` with the lowest loss per stage.
 
     Each tile is the de-normalized input as the model saw it (train tiles are augmented), captioned
-    with the true class, the predicted class, its probability and the loss (or score). Under DDP each
+    with the true class, the predicted class, its probability and the loss (or score). For segmentation
+    (a task with per-pixel targets) each sample gets three tiles: the image, the true mask and the
+    predicted mask blended over it, in the module's ``palette`` (else Pascal VOC's colours), unlabeled
+    pixels in neutral gray; mask thumbnails are kept instead of logits. Under DDP each
     rank keeps its own top-k; at epoch end the candidates are gathered and rank zero logs one grid per
     kind: ``best_worst/<stage>/worst`` and ``best_worst/<stage>/best``, plus the chosen dataset indices as
     text (``best_worst/<stage>/indices``). The first batch of the epoch with a non-finite loss, if any,
@@ -171,17 +175,32 @@ class BestWorstSamples(Callback):
             return
         score = (self.score_fn(outputs) if self.score_fn is not None else outputs[keys.SAMPLE_LOSS]).detach().reshape(-1)
         images = batch[keys.IMAGE].detach()
-        target = outputs[keys.TARGET].detach().reshape(len(score), -1).float()
+        task = task_of(pl_module, type(self).__name__)
         logits = outputs[keys.LOGITS].detach().float()
+        if task.dense:  # masks: keep thumbnails of the true and predicted masks, never full-size logits
+            target = outputs[keys.TARGET].detach()
+            target = (task.prepare_target(target) if target.ndim > 2 else target).long()
+            predicted = task.predicted_mask(logits)
 
-        def payload(pos: Tensor) -> dict[str, Tensor]:
-            return {
-                "image": self._shrink(images[pos]),
-                "target": target[pos],
-                "logits": logits[pos],
-                "score": score[pos].float(),
-                keys.INDEX: outputs[keys.INDEX][pos].long(),
-            }
+            def payload(pos: Tensor) -> dict[str, Tensor]:
+                return {
+                    "image": self._shrink(images[pos]),
+                    "target": shrink_masks(target[pos], self.tile_size),
+                    "pred_mask": shrink_masks(predicted[pos], self.tile_size),
+                    "score": score[pos].float(),
+                    keys.INDEX: outputs[keys.INDEX][pos].long(),
+                }
+        else:
+            target = outputs[keys.TARGET].detach().reshape(len(score), -1).float()
+
+            def payload(pos: Tensor) -> dict[str, Tensor]:
+                return {
+                    "image": self._shrink(images[pos]),
+                    "target": target[pos],
+                    "logits": logits[pos],
+                    "score": score[pos].float(),
+                    keys.INDEX: outputs[keys.INDEX][pos].long(),
+                }
 
         for top in self._top[stage].values():
             top.update(score, payload)
@@ -267,6 +286,8 @@ class BestWorstSamples(Callback):
     def _grid(self, state: dict[str, Tensor], pl_module: LightningModule) -> Tensor:
         task = task_of(pl_module, type(self).__name__)
         mean, std = pl_module.image_mean, pl_module.image_std
+        if task.dense:
+            return self._mask_grid(task, state, pl_module)
         prediction = task.predict(state["logits"])
         captions = [
             [
@@ -277,6 +298,21 @@ class BestWorstSamples(Callback):
             for i in range(len(state["score"]))
         ]
         return tile_grid(caption_tiles(fit_size(denormalize(state["image"], mean, std), self.tile_size), captions))
+
+    def _mask_grid(self, task: Any, state: dict[str, Tensor], pl_module: LightningModule) -> Tensor:
+        """Three tiles per sample: the image, the true mask over it and the predicted mask over it (unlabeled pixels gray)."""
+        images = fit_size(denormalize(state["image"], pl_module.image_mean, pl_module.image_std), self.tile_size).cpu()
+        palette, ignore = getattr(pl_module, "palette", None), task.ignore_index
+        tiles, captions = [], []
+        for i in range(len(state["score"])):
+            image = images[i : i + 1]
+            tiles += [image, overlay_masks(image, state["target"][i : i + 1], palette, ignore), overlay_masks(image, state["pred_mask"][i : i + 1], palette, ignore)]
+            captions += [
+                [f"loss {float(state['score'][i]) + 0.0:.3g}", f"#{int(state[keys.INDEX][i])}"],
+                ["true", task.target_text(state["target"][i])],
+                ["pred", task.target_text(state["pred_mask"][i])],
+            ]
+        return tile_grid(caption_tiles(torch.cat(tiles), captions), ncol=6)
 
     def _log_nonfinite(
         self, stage: str, writer: Any, step: int, pl_module: LightningModule, gathered: dict[str, Tensor], taken: Tensor

@@ -18,6 +18,7 @@ from typing_extensions import override
 from lit_finetune import keys
 from lit_finetune.callbacks._tensorboard import has_tensorboard, tensorboard_writer
 from lit_finetune.tasks import Task, task_of
+from lit_finetune.tasks.segmentation_metrics import class_dice, class_iou
 
 
 class ConfidenceHistogram(Metric):
@@ -49,7 +50,9 @@ class ClassificationReport(Callback):
     ``report/auroc/<class>`` and ``report/auroc_macro``, ``report/acc/<class>`` (per-class accuracy),
     ``report/max_prob_correct`` / ``report/max_prob_wrong`` (histograms of the predicted-class
     probability) and ``report/most_confused`` (text: the most frequent true -> predicted mistakes).
-    Multilabel tasks get the per-label PR curves, AUROC, accuracy and histograms.
+    Multilabel tasks get the per-label PR curves, AUROC, accuracy and histograms. Segmentation tasks get
+    the pixel confusion matrix (figure and counts, ignored pixels left out), ``report/iou/<class>`` and
+    ``report/iou_table`` (IoU, Dice, true and predicted pixels per class).
 
     Args:
         every_n_epochs: report on every n-th validation epoch (statistics are gathered on those only).
@@ -99,6 +102,8 @@ class ClassificationReport(Callback):
 
     # ------------------------------------------------------------------ setup
     def _build(self, task: Task) -> MetricCollection:
+        if task.dense:  # segmentation: the pixel confusion matrix only (PR curves over every pixel would cost too much)
+            return MetricCollection({"confusion": task.confusion_metric()})
         args = task.torchmetrics_args()
         args.pop("threshold", None)
         per_class = {"average": None} if task.num_outputs > 1 else {}
@@ -137,6 +142,9 @@ class ClassificationReport(Callback):
             return
         if self.task.is_soft(outputs[keys.TARGET]):
             return
+        if self.task.dense:
+            self.metrics["confusion"].update(*self.task.metric_inputs(outputs[keys.LOGITS], outputs[keys.TARGET]))
+            return
         probs, target, prob, correct = self.task.report_inputs(outputs[keys.LOGITS].float(), outputs[keys.TARGET])
         for name, metric in self.metrics.items():
             if name == "hist":
@@ -149,11 +157,16 @@ class ClassificationReport(Callback):
         if not self._active(trainer) or self.metrics is None:
             return
         results = {name: metric.compute() for name, metric in self.metrics.items()}  # collectives on every rank
-        pr_state = self._pr_counts()  # likewise
+        pr_state = self._pr_counts() if "pr" in self.metrics else None  # likewise
         writer = tensorboard_writer(trainer)
         if writer is None:
             return
         step = trainer.global_step
+        if self.task.dense:
+            self.confusion = results["confusion"].cpu().long()
+            self._log_confusion(writer, step, self.confusion, self.task.confusion_names() or [])
+            self._log_iou_table(writer, step, self.confusion, self.task.confusion_names() or [])
+            return
         names = self.task.report_names()
         self._log_per_class(writer, step, names, results)
         self._log_pr_curves(writer, step, names, pr_state)
@@ -190,6 +203,18 @@ class ClassificationReport(Callback):
                 f"report/pr_curve/{name}", tp.numpy(), fp.numpy(), tn.numpy(), fn.numpy(), precision.numpy(), recall.numpy(), step,
                 num_thresholds=len(tp),
             )
+
+    def _log_iou_table(self, writer: Any, step: int, confusion: Tensor, names: list[str]) -> None:
+        """Segmentation: ``report/iou/<class>`` scalars and ``report/iou_table`` (IoU, Dice, pixels of each class)."""
+        iou, dice = class_iou(confusion), class_dice(confusion)
+        pixels = confusion.sum(dim=1)
+        rows = []
+        for i, name in enumerate(names):
+            if not bool(iou[i].isnan()):
+                writer.add_scalar(f"report/iou/{name}", float(iou[i]), step)
+            rows.append(f"| {name} | {float(iou[i]):.4f} | {float(dice[i]):.4f} | {int(pixels[i])} | {int(confusion[:, i].sum())} |")
+        header = "| class | IoU | Dice | true pixels | predicted pixels |\n|---|---|---|---|---|\n"
+        writer.add_text("report/iou_table", header + "\n".join(rows), step)
 
     def _log_confusion(self, writer: Any, step: int, confusion: Tensor, names: list[str]) -> None:
         figure = confusion_figure(confusion, names, annotate=len(names) <= self.max_annotated_classes)

@@ -140,8 +140,11 @@ class GradCAM(Callback):
         tile_size: longer side of each tile in pixels.
         alpha: weight of the heatmap in the overlay.
 
+    Segmentation modules (a task with per-pixel targets) are refused at setup, before training.
+
     Raises:
-        ValueError: a count, size or weight out of range, or an unknown ``explain``/``reshape``.
+        ValueError: a count, size or weight out of range, an unknown ``explain``/``reshape``, or a
+            segmentation module.
 
     Example::
 
@@ -196,6 +199,12 @@ class GradCAM(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        task = getattr(pl_module, "task", None)
+        if isinstance(task, Task) and task.dense:
+            raise ValueError(
+                "GradCAM explains one class per image; it does not apply to segmentation modules (their predicted masks "
+                "already show where each class is). Remove GradCAM from trainer.callbacks; BestWorstSamples shows mask overlays."
+            )
         self._enabled = has_tensorboard(trainer, type(self).__name__)
 
     @override
