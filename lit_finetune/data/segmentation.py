@@ -410,6 +410,9 @@ class SegmentationDataModule(LightningDataModule):
             raise FileNotFoundError(f"`predict_root` '{self.predict_root}' does not exist.")
         self.train_pairs, self.val_pairs, self.test_pairs = self._scan(val_fraction, split_seed, mask_suffix)
         self.class_names = read_class_names(self.root, class_names, num_classes, task)
+        # Saved resolved, so that the model's hyperparameters (filled in from these) agree with the data's
+        # (Lightning refuses to log hyperparameters of the same name with different values).
+        self.save_hyperparameters({**self.hparams, "num_classes": self.num_classes, "class_names": list(self.class_names)})
         self.palette = self._palette(palette)
         self.preprocessing = self._preprocessing(backbone, weights, image_size, mean, std)
         self.eval_size = self.preprocessing.crop_size if eval_size == "image_size" else eval_size
