@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -133,6 +134,10 @@ def test_num_workers_auto_and_persistent_workers_in_the_loaders(image_folder: Pa
     dm = ImageFolderDataModule(str(image_folder), num_workers=0, image_size=32)
     dm.setup("fit")
     assert not dm.train_dataloader().persistent_workers  # no workers to keep
+    dm = ImageFolderDataModule(str(image_folder), num_workers="auto", image_size=32)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=4, num_nodes=2)  # two training processes on this machine share its CPUs
+    assert dm.train_dataloader().num_workers == auto_num_workers(processes=2)
     with pytest.raises(ValueError, match="int >= 0 or 'auto'"):
         ImageFolderDataModule(str(image_folder), num_workers="many")  # type: ignore[arg-type]
 
