@@ -4,11 +4,17 @@ A Lightning checkpoint holds the optimizer, the loop state and the callbacks' st
 weights. An export keeps what inference needs:
 
 - ``model.safetensors`` (or ``model.pt``, a plain ``state_dict`` loadable with ``weights_only=True``);
-- ``model.json``: the model class and its arguments (backbone, number of classes, head), the class names
-  and the preprocessing (resize, crop, mean, std), so the model can be rebuilt and fed correctly;
+- ``model.json``: the model class and its arguments (backbone, number of classes, head), the task, the
+  class names and the preprocessing (resize, crop, mean, std), so the model can be rebuilt and fed
+  correctly; for segmentation also the palette, ``ignore_index`` and the binary threshold;
 - optionally ``model.torchscript.pt`` (``torch.jit.trace``, deprecated by PyTorch but still widely
   deployed) and ``model.onnx`` (needs ``pip install onnx onnxscript``), both mapping normalized
-  ``(N, 3, H, W)`` images to logits.
+  ``(N, 3, H, W)`` images to logits: ``(N, C)`` for classification, ``(N, C, H, W)`` masks' logits for
+  segmentation. The ONNX batch size is dynamic; a segmentation model's height and width are too.
+
+The model class comes from the checkpoint: the command line stores it in the hyperparameters
+(``_class_path``), the modules store it themselves (``module_class``, for a plain ``Trainer.fit``);
+checkpoints that hold neither are ``FinetuneClassifier``'s.
 
 :func:`load_exported` rebuilds the model from the folder without the training checkpoint.
 """
@@ -30,10 +36,15 @@ from lit_finetune.checkpoints import atomic_save, load_checkpoint_file
 
 EXPORT_VERSION = 1
 CONFIG_NAME = "model.json"
+DEFAULT_MODEL_CLASS = "lit_finetune.module.FinetuneClassifier"
+MODULE_CLASS_KEY = "module_class"
+"""Checkpoint key where ``FinetuneClassifier`` and ``SegmentationModule`` store their import path."""
+MIN_ONNX_SIDE = 32
+"""Smallest height and width a segmentation ONNX model accepts (the encoders reduce by 32)."""
 
 
 class LogitsModel(nn.Module):
-    """Wraps a ``FinetuneClassifier`` so that ``forward(images)`` returns the logits tensor (for tracing)."""
+    """Wraps a ``FinetuneClassifier`` or ``SegmentationModule`` so that ``forward(images)`` returns the logits tensor (for tracing)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -45,18 +56,41 @@ class LogitsModel(nn.Module):
 
 def _import(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"Cannot import the model class '{class_path}' ({err}): define it at the top level of a module that Python "
+            "can import (on PYTHONPATH), then export again."
+        ) from None
+
+
+def module_class_path(checkpoint: dict[str, Any]) -> str:
+    """Import path of the module a checkpoint was saved from.
+
+    The command line's ``_class_path`` in the hyperparameters, else the ``module_class`` the module stored,
+    else ``FinetuneClassifier`` (checkpoints written before modules stored their class).
+    """
+    hparams = checkpoint.get("hyper_parameters") or {}
+    return hparams.get("_class_path") or checkpoint.get(MODULE_CLASS_KEY) or DEFAULT_MODEL_CLASS
 
 
 def _init_args(hparams: dict[str, Any]) -> dict[str, Any]:
     """The model's constructor arguments as plain data; pretrained weights are not downloaded again."""
     args = {k: v for k, v in hparams.items() if not k.startswith("_")}
     args["weights"] = None  # the exported state_dict holds every weight
+    if "weights_backbone" in args:  # torchvision segmentation models' ImageNet backbone
+        args["weights_backbone"] = None
     return args
 
 
-def preprocessing_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Resize/crop sizes and normalization the model was trained with (from the data module's hyperparameters)."""
+def preprocessing_of(checkpoint: dict[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
+    """Resize/crop sizes and normalization the model was trained with (from the data module's hyperparameters).
+
+    A model whose task is dense (segmentation) gets :func:`segmentation_preprocessing_of`.
+    """
+    if model is not None and getattr(getattr(model, "task", None), "dense", False):
+        return segmentation_preprocessing_of(checkpoint, model)
     from lit_finetune.data.datamodule import ImageFolderDataModule
     from lit_finetune.data.transforms import default_preprocessing
 
@@ -78,6 +112,50 @@ def preprocessing_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def segmentation_preprocessing_of(checkpoint: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Evaluation size and normalization of a segmentation model (``SegmentationDataModule``'s options).
+
+    ``resize_size``: the side of the square images are resized to (None: full resolution, no resize);
+    ``crop_size``: the training crop's side (the example size of TorchScript/ONNX exports). Without data
+    module hyperparameters (a plain ``Trainer.fit``): the weights' size and the module's ``image_mean``/``image_std``.
+    """
+    from lit_finetune.data.segmentation import SegmentationDataModule, segmentation_preprocessing
+
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    if data:
+        pre = SegmentationDataModule._preprocessing(data.get("backbone"), data.get("weights"), data.get("image_size"), data.get("mean"), data.get("std"))
+        eval_size = data.get("eval_size", "image_size")
+        resize = pre.crop_size if eval_size == "image_size" else eval_size
+        mean, std = pre.mean, pre.std
+    else:
+        pre = segmentation_preprocessing(model.backbone_name, model.weights)
+        resize, mean, std = pre.crop_size, model.image_mean, model.image_std
+    resize_step = f"resize to {resize}x{resize}" if resize is not None else "keep the image's size (full resolution)"
+    return {
+        "resize_size": resize,
+        "crop_size": pre.crop_size,
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "interpolation": pre.interpolation.value,
+        "steps": [
+            resize_step, "scale to [0, 1]", "normalize with mean and std",
+            "logits (N, C, H, W) at the input size: resize them to the image's size (bilinear), then argmax (binary: sigmoid > threshold)",
+        ],
+    }
+
+
+def task_info(model: nn.Module) -> dict[str, Any]:
+    """``task`` and, for segmentation, ``mode``, ``ignore_index`` and ``threshold`` from the model's task object."""
+    task = getattr(model, "task", None)
+    info: dict[str, Any] = {"task": getattr(task, "name", None) or model.hparams.get("task", "multiclass")}
+    if getattr(task, "dense", False):
+        from lit_finetune.data.masks import default_palette
+
+        palette = getattr(model, "palette", None) or default_palette(max(task.num_classes, 2))  # what the mask writer falls back to
+        info.update({"mode": task.mode, "ignore_index": task.ignore_index, "threshold": task.threshold, "palette": [list(c) for c in palette]})
+    return info
+
+
 def model_from_checkpoint(ckpt_path: str | Path, trust_pickle: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the module stored in a training checkpoint (eval mode, CPU) and return it with the checkpoint.
 
@@ -91,7 +169,7 @@ def model_from_checkpoint(ckpt_path: str | Path, trust_pickle: bool = False) -> 
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"'{ckpt_path}' is not a Lightning checkpoint of a model (no `state_dict` and `hyper_parameters`).")
     hparams = checkpoint["hyper_parameters"]
-    model_class = _import(hparams.get("_class_path", "lit_finetune.module.FinetuneClassifier"))
+    model_class = _import(module_class_path(checkpoint))
     model = model_class(**_init_args(hparams))
     model.on_load_checkpoint(checkpoint)  # reconciles the loss's buffers, which come from the config
     model.load_state_dict(checkpoint["state_dict"])
@@ -105,6 +183,7 @@ def export_checkpoint(
     torchscript: bool = False,
     onnx: bool = False,
     trust_pickle: bool = False,
+    example_size: int | None = None,
 ) -> dict[str, str]:
     """Write the weights, ``model.json`` and optional TorchScript/ONNX files of a checkpoint to ``output_dir``.
 
@@ -115,12 +194,16 @@ def export_checkpoint(
         torchscript: also write ``model.torchscript.pt`` (traced; ``torch.jit.load`` runs it without this library).
         onnx: also write ``model.onnx`` with a dynamic batch dimension (needs ``onnx`` and ``onnxscript``).
         trust_pickle: allow a checkpoint holding pickled objects (only for files you trust).
+        example_size: side of the square example images that TorchScript and ONNX are traced with; None: the
+            preprocessing's crop size. The ONNX batch size is dynamic (and, for segmentation, height and width,
+            at least 32); a traced TorchScript classifier expects this size.
 
     Returns:
         The written files by kind: ``weights``, ``config`` and, when asked, ``torchscript``, ``onnx``.
 
     Raises:
-        ValueError: the file is not a Lightning checkpoint of a model, or an unknown ``format``.
+        ValueError: the file is not a Lightning checkpoint of a model, its model class cannot be imported, an
+            unknown ``format`` or an ``example_size`` below 1.
         ImportError: ``onnx=True`` without the ``onnx``/``onnxscript`` packages.
 
     Example::
@@ -130,6 +213,8 @@ def export_checkpoint(
     """
     if format not in ("safetensors", "state_dict"):
         raise ValueError(f"Unknown export format {format!r}: choose 'safetensors' or 'state_dict'.")
+    if example_size is not None and example_size < 1:
+        raise ValueError(f"`example_size` must be a positive number of pixels (or None for the preprocessing's size), got {example_size}.")
     if onnx:
         for package in ("onnx", "onnxscript"):
             if importlib.util.find_spec(package) is None:
@@ -145,8 +230,10 @@ def export_checkpoint(
         save_file(state, files["weights"])
     else:
         atomic_save(state, files["weights"])
-    pre = preprocessing_of(checkpoint)
-    example = torch.zeros(2, 3, pre["crop_size"], pre["crop_size"])
+    pre = preprocessing_of(checkpoint, model)
+    info = task_info(model)
+    side = example_size or pre["crop_size"]
+    example = torch.zeros(2, 3, side, side)
     # Lightning's own switch that lets tracers read `trainer` on a module that has none (as in `to_torchscript`).
     model._jit_is_scripting = True
     logits_model = LogitsModel(model).eval()  # the wrapper too: a new module starts in training mode
@@ -155,21 +242,25 @@ def export_checkpoint(
         with warnings.catch_warnings():
             # torch >= 2.9 marks torch.jit deprecated; the file is still what `torch.jit.load` users need.
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=FutureWarning)
+            # The tracer probes every attribute of every submodule, the metrics' deprecated `update_called` too.
+            warnings.filterwarnings("ignore", message=r"This property will be removed in 2\.0\.0", category=DeprecationWarning)
             torch.jit.trace(logits_model, example).save(files["torchscript"])
     if onnx:
         files["onnx"] = str(out / "model.onnx")
-        batch = torch.export.Dim("batch", min=1)
+        dims = {0: torch.export.Dim("batch", min=1)}
+        if getattr(model.task, "dense", False):  # masks of any image size
+            dims.update({2: torch.export.Dim("height", min=MIN_ONNX_SIDE), 3: torch.export.Dim("width", min=MIN_ONNX_SIDE)})
         torch.onnx.export(
-            logits_model, (example,), files["onnx"], input_names=["images"], output_names=["logits"], dynamic_shapes={"images": {0: batch}},
+            logits_model, (example,), files["onnx"], input_names=["images"], output_names=["logits"], dynamic_shapes={"images": dims},
             verbose=False,  # no progress lines per export stage
         )
     hparams = checkpoint["hyper_parameters"]
     config = {
         "export_version": EXPORT_VERSION,
-        "model_class": hparams.get("_class_path", "lit_finetune.module.FinetuneClassifier"),
+        "model_class": module_class_path(checkpoint),
         "init_args": _init_args(hparams),
         "class_names": checkpoint.get("class_names") or hparams.get("class_names"),
-        "task": hparams.get("task", "multiclass"),
+        **info,
         "preprocessing": pre,
         "files": {kind: Path(path).name for kind, path in files.items()},
         "source": {"checkpoint": str(ckpt_path), "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")},

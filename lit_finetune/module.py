@@ -493,6 +493,8 @@ class FinetuneClassifier(LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The class to rebuild for `lit-finetune export` when the hyperparameters hold no `_class_path` (plain `Trainer.fit`).
+        checkpoint["module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["class_names"] = self.class_names
 
     @override

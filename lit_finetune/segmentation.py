@@ -26,7 +26,7 @@ from lit_finetune.freezing import FreezeSpec, freeze_patterns
 from lit_finetune.freezing import freeze as freeze_parameters
 from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.module import LOSS_STATE_PREFIXES, per_sample_copy
-from lit_finetune.param_groups import apply_lr_scales, parameter_groups
+from lit_finetune.param_groups import apply_lr_scales, held_groups, parameter_groups
 from lit_finetune.schedulers import WarmupCosineLR
 from lit_finetune.segmenters import build_segmenter
 from lit_finetune.stages import backbone_stages
@@ -218,6 +218,9 @@ class SegmentationModule(LightningModule):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Logits ``(N, C, H, W)`` of ``images`` (``(N, 3, H, W)``, normalized) at their size; ``aux_logits`` in training."""
+        # The network is no registered child, so neither `eval()` nor Lightning's mode restore reaches its own flag.
+        if self.network.training != self.training:
+            self.network.training = self.training
         return self.network(images)
 
     def loss_terms(self, outputs: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
@@ -257,6 +260,7 @@ class SegmentationModule(LightningModule):
             layer_decay=self.hparams.layer_decay,
             no_weight_decay_norm_bias=self.hparams.no_weight_decay_norm_bias,
             exclude=self.frozen_parameters,
+            keep_separate=held_groups(self._trainer),  # stages an unfreeze schedule warms up keep their own groups
         )
 
     def backbone_is_frozen(self) -> bool:
@@ -416,6 +420,8 @@ class SegmentationModule(LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The class to rebuild for `lit-finetune export` when the hyperparameters hold no `_class_path` (plain `Trainer.fit`).
+        checkpoint["module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["class_names"] = self.class_names
         checkpoint["palette"] = [list(color) for color in self.palette] if self.palette is not None else None
 
