@@ -461,7 +461,7 @@ class SegmentationDataModule(LightningDataModule):
         """
         if not self.hparams.check_masks:
             return None
-        self.check_masks()
+        self.validate_masks()
         totals: dict[int, int] = {}
         for info in self._infos[: len(self.train_pairs)]:
             for value, count in zip(info.values, info.counts):
@@ -504,7 +504,7 @@ class SegmentationDataModule(LightningDataModule):
         size = image_size or pre.crop_size
         return Preprocessing(size, size, tuple(mean or pre.mean), tuple(std or pre.std), pre.interpolation)
 
-    def check_masks(self) -> None:
+    def validate_masks(self) -> None:
         """Read every mask once (rank 0 under DDP): sizes, formats and values; decides binary ``positive_value``.
 
         Raises:
@@ -540,7 +540,7 @@ class SegmentationDataModule(LightningDataModule):
         return SegmentationDataset(pairs, transform, self.task == "binary", self.positive_value, self.ignore_index)
 
     def setup(self, stage: str) -> None:
-        self.check_masks()
+        self.validate_masks()
         self.train_set = self._dataset(self.train_pairs, self.train_transform)
         self.val_set = self._dataset(self.val_pairs, self.eval_transform)
         self.test_set = self._dataset(self.test_pairs, self.eval_transform)
