@@ -39,8 +39,11 @@ CONFIG_NAME = "model.json"
 DEFAULT_MODEL_CLASS = "lit_finetune.module.FinetuneClassifier"
 MODULE_CLASS_KEY = "module_class"
 """Checkpoint key where ``FinetuneClassifier`` and ``SegmentationModule`` store their import path."""
-MIN_ONNX_SIDE = 32
-"""Smallest height and width a segmentation ONNX model accepts (the encoders reduce by 32)."""
+MIN_ONNX_SIDE = 33
+"""Smallest height and width a segmentation ONNX model accepts: an encoder's deepest map (stride 32) must be
+larger than 1x1, since ``torch.export`` treats a size of 1 as a constant."""
+MIN_DENSE_EXAMPLE_SIDE = 64
+"""Segmentation models are traced with examples of at least this side, for the same reason."""
 
 
 class LogitsModel(nn.Module):
@@ -195,8 +198,8 @@ def export_checkpoint(
         onnx: also write ``model.onnx`` with a dynamic batch dimension (needs ``onnx`` and ``onnxscript``).
         trust_pickle: allow a checkpoint holding pickled objects (only for files you trust).
         example_size: side of the square example images that TorchScript and ONNX are traced with; None: the
-            preprocessing's crop size. The ONNX batch size is dynamic (and, for segmentation, height and width,
-            at least 32); a traced TorchScript classifier expects this size.
+            preprocessing's crop size (segmentation: at least 64). The ONNX batch size is dynamic (and, for
+            segmentation, height and width, from 33 px up); a traced TorchScript classifier expects this size.
 
     Returns:
         The written files by kind: ``weights``, ``config`` and, when asked, ``torchscript``, ``onnx``.
@@ -233,6 +236,8 @@ def export_checkpoint(
     pre = preprocessing_of(checkpoint, model)
     info = task_info(model)
     side = example_size or pre["crop_size"]
+    if getattr(model.task, "dense", False):
+        side = max(side, MIN_DENSE_EXAMPLE_SIDE)
     example = torch.zeros(2, 3, side, side)
     # Lightning's own switch that lets tracers read `trainer` on a module that has none (as in `to_torchscript`).
     model._jit_is_scripting = True

@@ -356,6 +356,11 @@ class SegmentationModule(LightningModule):
         palette = getattr(datamodule, "palette", None)
         if self.palette is None and palette:
             self.palette = [tuple(int(v) for v in color) for color in palette]
+            given = getattr(datamodule, "hparams", {}).get("palette")
+            if given is not None and self.hparams.get("palette") is None:
+                # Loggers merge the model's and the data's hyperparameters and refuse two values of one name;
+                # stored here, the palette also travels with the checkpoint.
+                self.save_hyperparameters({**self.hparams, "palette": given})
 
     @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
