@@ -99,7 +99,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: in
 def training_flops(model: FinetuneClassifier, batch_size: int, size: int, device: torch.device) -> float:
     """FLOPs of one training step (forward and backward) per image, counted by FlopCounterMode."""
     model = model.to(device).train()
-    batch = {keys.IMAGE: torch.randn(batch_size, 3, size, size, device=device), keys.TARGET: torch.zeros(batch_size, dtype=torch.long, device=device)}
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    batch = {keys.IMAGE: images, keys.TARGET: torch.zeros(batch_size, dtype=torch.long, device=device)}
     with FlopCounterMode(display=False) as counter:
         model.compute_loss(model(batch[keys.IMAGE]), batch[keys.TARGET]).backward()
     model.zero_grad(set_to_none=True)
@@ -134,7 +135,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per fit")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of every fit (compile happens in the first fit's)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of every fit (compiling: the first)")
     parser.add_argument("--rounds", type=int, default=3, help="fits per arm, alternating arms")
     parser.add_argument("--compare", default="", help=f"comma-separated switches to compare with the default: {', '.join(OPTIONS)}")
     parser.add_argument("--compile-backend", default="inductor")

@@ -32,7 +32,7 @@ from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.networks import ClassifierNetwork
 from lit_finetune.schedulers import WarmupCosineLR
 from lit_finetune.tasks import Task, build_task
-from lit_finetune.tta import TTA_VIEWS, TTAMode, tta_logits, tta_views
+from lit_finetune.tta import TTAMode, check_tta, tta_logits
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,7 @@ class FinetuneClassifier(LightningModule):
         compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
-        if tta not in TTA_VIEWS:
-            raise ValueError(f"Unknown `tta` {tta!r}: choose one of {sorted(TTA_VIEWS)}.")
-        tta_views(torch.zeros(1, 3, 8, 8), tta, tta_crop_fraction)  # checks the crop fraction now, not at test time
+        check_tta(tta, tta_crop_fraction)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
         if backbone_lr_mult < 0 or not 0 < layer_decay <= 1 or (head_lr is not None and head_lr <= 0):

@@ -23,6 +23,14 @@ TTA_VIEWS = {"none": 1, "hflip": 2, "five_crop": 5, "ten_crop": 10}
 """Number of views each mode makes of an image."""
 
 
+def check_tta(mode: str, crop_fraction: float) -> None:
+    """Raise ``ValueError`` for an unknown mode or a crop fraction outside ``(0, 1]``."""
+    if mode not in TTA_VIEWS:
+        raise ValueError(f"Unknown tta mode {mode!r}: choose one of {sorted(TTA_VIEWS)}.")
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"`tta_crop_fraction` must be in (0, 1], got {crop_fraction}.")
+
+
 def tta_views(images: Tensor, mode: TTAMode, crop_fraction: float = 0.875) -> Tensor:
     """The views of a batch ``(N, C, H, W)`` stacked view-major: ``(views * N, C, H, W)``.
 
@@ -38,10 +46,7 @@ def tta_views(images: Tensor, mode: TTAMode, crop_fraction: float = 0.875) -> Te
 
         tta_views(torch.randn(4, 3, 64, 64), "ten_crop").shape  # (40, 3, 64, 64)
     """
-    if mode not in TTA_VIEWS:
-        raise ValueError(f"Unknown tta mode {mode!r}: choose one of {sorted(TTA_VIEWS)}.")
-    if not 0.0 < crop_fraction <= 1.0:
-        raise ValueError(f"`tta_crop_fraction` must be in (0, 1], got {crop_fraction}.")
+    check_tta(mode, crop_fraction)
     if mode == "none":
         return images
     if mode == "hflip":

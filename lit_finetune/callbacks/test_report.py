@@ -33,8 +33,8 @@ class TestReport(Callback):
     scikit-learn's ``classification_report``; each class row also holds its confusion-matrix row
     (``pred:<class>`` columns: how many images of that true class were predicted as each class).
     Multilabel: a row per label (its decision at the label's threshold) with its ``tn``/``fp``/``fn``/``tp``.
-    Batches with soft targets (mixup) are skipped; per-pixel (segmentation) tasks are left out. Written, on rank zero, to ``<dirpath>/test_report.csv``
-    and ``test_report.md`` and to TensorBoard as text ``test_report``.
+    Batches with soft targets (mixup) are skipped; per-pixel (segmentation) tasks are left out. Written, on
+    rank zero, to ``<dirpath>/test_report.csv`` and ``test_report.md`` and to TensorBoard as text ``test_report``.
 
     Args:
         dirpath: folder of the files; None: the trainer's log folder (the run folder), or its root folder
@@ -156,8 +156,9 @@ class TestReport(Callback):
             accuracy = float(confusion.diag().sum()) / max(total, 1)
             rows.append({"class": "accuracy", "precision": "", "recall": "", "f1": accuracy, "support": total})
         weights = support.float() / max(total, 1)
-        rows.append({"class": "macro avg", **{k: float(v.mean()) for k, v in zip(METRIC_COLUMNS, (precision, recall, f1))}, "support": total})
-        rows.append({"class": "weighted avg", **{k: float((v * weights).sum()) for k, v in zip(METRIC_COLUMNS, (precision, recall, f1))}, "support": total})
+        scores = dict(zip(METRIC_COLUMNS, (precision, recall, f1)))
+        rows.append({"class": "macro avg", **{k: float(v.mean()) for k, v in scores.items()}, "support": total})
+        rows.append({"class": "weighted avg", **{k: float((v * weights).sum()) for k, v in scores.items()}, "support": total})
         return rows
 
     def markdown(self) -> str:

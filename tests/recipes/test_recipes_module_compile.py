@@ -76,7 +76,8 @@ def test_compiled_steps_match_eager(image_folder: Path, one_thread, fresh_dynamo
     for model in (eager, compiled):
         model.train()
         model.training_step(batch, 0)[keys.LOSS].backward()
-    torch.testing.assert_close(compiled.validation_step(batch, 0)[keys.LOGITS], eager.validation_step(batch, 0)[keys.LOGITS], atol=1e-5, rtol=1e-4)
+    logits = compiled.validation_step(batch, 0)[keys.LOGITS]
+    torch.testing.assert_close(logits, eager.validation_step(batch, 0)[keys.LOGITS], atol=1e-5, rtol=1e-4)
     grads = {n: p.grad for n, p in compiled.named_parameters()}
     for name, p in eager.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
