@@ -1,8 +1,8 @@
 """Real images for the offline segmentation quickstart: scikit-learn's digit scans placed on canvases.
 
 scikit-learn ships 1,797 real 8x8 scans of handwritten digits (43 writers). Each demo image is a square
-canvas (64x64 by default) with two to four of them at random positions and scales (16 to 30 pixels a side),
-their boxes not overlapping, over a faint random background; grey strokes saved as an RGB PNG. Its mask
+canvas (64x64 by default) with two to four of them at random positions and scales (16 to 30 pixels a side; a
+digit that finds no room is drawn smaller), their boxes not overlapping, over a faint random background; grey strokes saved as an RGB PNG. Its mask
 gives every stroke pixel (a pixel of the upscaled scan at least a quarter as bright as the scan's brightest)
 its digit's class plus one, and 0 to the background: 11 classes, named in ``classes.txt`` as
 ``background, 0, 1, ..., 9``. Training and validation canvases use disjoint halves of the scans (4:1).
@@ -34,15 +34,24 @@ def scaled_scan(scan: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(pixels.resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
-def place_boxes(rng: np.random.Generator, canvas: int, sides: list[int], tries: int = 50) -> list[tuple[int, int, int]]:
-    """``(row, col, side)`` boxes inside the canvas that do not overlap; a box that finds no room is dropped."""
+def place_boxes(rng: np.random.Generator, canvas: int, sides: list[int], min_side: int = 16, tries: int = 200) -> list[tuple[int, int, int]]:
+    """``(row, col, side)`` boxes inside the canvas that do not overlap.
+
+    A box that finds no room in ``tries`` random positions is shrunk by 2 pixels and tried again, down to
+    ``min_side``; only then is it dropped. Two boxes always fit when the first is at most ``canvas - 2 * min_side``
+    pixels a side (30 on 64x64 canvases with 16-pixel digits), so every canvas holds at least two digits.
+    """
     boxes: list[tuple[int, int, int]] = []
     for side in sides:
-        for _ in range(tries):
-            row, col = (int(v) for v in rng.integers(0, canvas - side + 1, size=2))
-            if all(row + side <= r or r + s <= row or col + side <= c or c + s <= col for r, c, s in boxes):
-                boxes.append((row, col, side))
-                break
+        placed = False
+        while not placed and side >= min_side:
+            for _ in range(tries):
+                row, col = (int(v) for v in rng.integers(0, canvas - side + 1, size=2))
+                if all(row + side <= r or r + s <= row or col + side <= c or c + s <= col for r, c, s in boxes):
+                    boxes.append((row, col, side))
+                    placed = True
+                    break
+            side -= 2
     return boxes
 
 
@@ -59,7 +68,7 @@ def compose_canvas(
         sides: smallest and largest side of a placed digit.
     """
     count = int(rng.integers(2, 5))
-    boxes = place_boxes(rng, size, sorted((int(s) for s in rng.integers(sides[0], sides[1] + 1, size=count)), reverse=True))
+    boxes = place_boxes(rng, size, sorted((int(s) for s in rng.integers(sides[0], sides[1] + 1, size=count)), reverse=True), sides[0])
     grey = rng.uniform(0.0, 0.15) + rng.normal(0.0, 0.03, size=(size, size))
     mask = np.zeros((size, size), dtype=np.uint8)
     for row, col, side in boxes:

@@ -258,15 +258,18 @@ def test_demo_writes_consistent_images_and_masks_deterministically(tmp_path: Pat
             assert grey[mask > 0].min() > grey[mask == 0].mean() and grey[mask > 0].mean() > 2 * grey[mask == 0].mean()
 
 
-def test_demo_boxes_stay_inside_the_canvas_without_overlap() -> None:
+def test_demo_places_two_to_four_digits_inside_the_canvas_without_overlap() -> None:
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        boxes = place_boxes(rng, 64, [30, 28, 20, 16])
-        assert len(boxes) >= 2
+    placed = []
+    for _ in range(300):  # drawn as compose_canvas draws them: 2-4 sides of 16-30, largest first
+        sides = sorted(rng.integers(16, 31, size=int(rng.integers(2, 5))).tolist(), reverse=True)
+        boxes = place_boxes(rng, 64, sides)
+        placed.append(len(boxes))
         for i, (r, c, s) in enumerate(boxes):
-            assert 0 <= r and r + s <= 64 and 0 <= c and c + s <= 64
+            assert 0 <= r and r + s <= 64 and 0 <= c and c + s <= 64 and 16 <= s <= 30
             for r2, c2, s2 in boxes[i + 1 :]:
                 assert r + s <= r2 or r2 + s2 <= r or c + s <= c2 or c2 + s2 <= c
+    assert min(placed) >= 2 and max(placed) == 4
 
 
 def test_demo_option_writes_the_demo_when_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
