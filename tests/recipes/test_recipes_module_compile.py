@@ -84,3 +84,23 @@ def test_compiled_steps_match_eager(image_folder: Path, one_thread, fresh_dynamo
     # Outside the steps the eager modules run (hooks added later fire); the compiled graphs are not copied.
     assert Counter(type(m).__name__ for m in compiled.network._compiled_parts.values()) == Counter({"OptimizedModule": 2})
     assert parameters(compiled).keys() == parameters(eager).keys()
+
+
+class Poison(Callback):
+    """Sets one weight of ``backbone.layer3.0.conv1`` to infinity before the second training step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 1:
+            with torch.no_grad():
+                pl_module.backbone.layer3[0].conv1.weight[0, 0, 0, 0] = float("inf")
+
+
+def test_nan_guard_names_the_module_under_compile(image_folder: Path, tmp_path: Path, one_thread, fresh_dynamo) -> None:
+    torch.manual_seed(0)
+    model = tiny_model(compile=True, compile_backend="aot_eager")
+    guard = NanGuard(dirpath=str(tmp_path / "nan"), detect_anomaly=False)
+    trainer = tiny_trainer(tmp_path, limit_train_batches=3, limit_val_batches=0, callbacks=[Poison(), guard])
+    trainer.fit(model, datamodule=tiny_data(image_folder))
+    assert trainer.global_step == 2  # stopped at the poisoned step
+    # The replay runs the eager modules, so its forward hooks fire (a compiled graph would skip them).
+    assert guard.culprit == "backbone.layer3.0.conv1"
