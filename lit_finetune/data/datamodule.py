@@ -298,7 +298,9 @@ class ImageFolderDataModule(LightningDataModule):
         changed = [name for name, value in (("augment", h.augment != "basic"), ("random_erasing", h.random_erasing > 0)) if value]
         if custom is not None:
             if changed:
-                raise ValueError(f"`train_transform` replaces the whole training pipeline: leave {changed} at the default or put them in it.")
+                raise ValueError(
+                    f"`train_transform` replaces the whole training pipeline: leave {changed} at the default or put them in it."
+                )
             return custom
         if not h.train_augment:
             if h.augment not in ("basic", "none") or h.random_erasing > 0 or h.mixup_alpha or h.cutmix_alpha:
@@ -447,7 +449,9 @@ class ImageFolderDataModule(LightningDataModule):
             return auto_num_workers(max(1, trainer.world_size // max(1, trainer.num_nodes)))
         return self.num_workers
 
-    def _loader(self, dataset: ImageDataset, shuffle: bool, sampler: Sampler | None = None, collate_fn: Callable | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: ImageDataset, shuffle: bool, sampler: Sampler | None = None, collate_fn: Callable | None = None
+    ) -> DataLoader:
         workers = self._workers()
         return DataLoader(
             dataset,

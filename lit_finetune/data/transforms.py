@@ -108,7 +108,8 @@ def train_transform(
         raise ValueError(f"`random_erasing` is a probability in [0, 1], got {random_erasing}.")
     policy = augment_policy(augment, pre.interpolation)
     if augment == "none":
-        steps: list[v2.Transform] = [v2.Resize(pre.resize_size, interpolation=pre.interpolation, antialias=True), v2.CenterCrop(pre.crop_size)]
+        resize = v2.Resize(pre.resize_size, interpolation=pre.interpolation, antialias=True)
+        steps: list[v2.Transform] = [resize, v2.CenterCrop(pre.crop_size)]
     else:
         steps = [v2.RandomResizedCrop(pre.crop_size, scale=scale, interpolation=pre.interpolation, antialias=True)]
         if hflip:

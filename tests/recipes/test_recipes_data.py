@@ -37,7 +37,8 @@ def test_multiclass_mixing_gives_soft_targets_that_sum_to_one(mixup_alpha: float
     labels = torch.tensor([0, 1, 2, 3, 4, 1])  # no sample shares its partner's class
     images = constant_images(6)
     for _ in range(5):
-        batch = mixer({keys.IMAGE: images.clone(), keys.TARGET: labels, keys.INDEX: torch.arange(6), keys.PATH: [f"{i}.png" for i in range(6)]})
+        paths = [f"{i}.png" for i in range(6)]
+        batch = mixer({keys.IMAGE: images.clone(), keys.TARGET: labels, keys.INDEX: torch.arange(6), keys.PATH: paths})
         target = batch[keys.TARGET]
         assert target.shape == (6, 5) and target.is_floating_point()
         torch.testing.assert_close(target.sum(1), torch.ones(6))
@@ -50,7 +51,7 @@ def test_multiclass_mixing_gives_soft_targets_that_sum_to_one(mixup_alpha: float
         blend = mixup_lambda(images, batch[keys.IMAGE])
         matches = torch.isclose(own, lam, atol=1e-6) | torch.isclose(blend, lam, atol=1e-5)
         assert bool(matches.all())
-        assert batch[keys.MIXED] is True and batch[keys.PATH] == [f"{i}.png" for i in range(6)]
+        assert batch[keys.MIXED] is True and batch[keys.PATH] == paths
         assert torch.equal(batch[keys.INDEX], torch.arange(6))
 
 
@@ -85,7 +86,9 @@ def test_mixer_options_are_checked() -> None:
 
 
 def test_train_loader_mixes_dict_batches_and_keeps_their_keys(image_folder: Path, one_thread) -> None:
-    dm = ImageFolderDataModule(str(image_folder), batch_size=4, num_workers=0, image_size=32, resize_size=32, mixup_alpha=0.2, cutmix_alpha=1.0)
+    dm = ImageFolderDataModule(
+        str(image_folder), batch_size=4, num_workers=0, image_size=32, resize_size=32, mixup_alpha=0.2, cutmix_alpha=1.0
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.collate_fn, MixingCollate)

@@ -100,7 +100,9 @@ def test_data_module_balanced_sampler_and_its_report(imbalanced_folder: Path, ca
     assert isinstance(default.train_dataloader().sampler, RandomSampler)
 
 
-@pytest.mark.parametrize("task, option, expected", [("multiclass", "class_weights", [20 / (2 * 18), 20 / (2 * 2)]), ("binary", "pos_weight", [18 / 2])])
+@pytest.mark.parametrize(
+    "task, option, expected", [("multiclass", "class_weights", [20 / (2 * 18), 20 / (2 * 2)]), ("binary", "pos_weight", [18 / 2])]
+)
 def test_auto_loss_weights_from_the_data_through_the_command_line(
     imbalanced_folder: Path, tmp_path: Path, caplog, task: str, option: str, expected: list[float]
 ) -> None:
