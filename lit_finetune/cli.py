@@ -387,6 +387,23 @@ def is_user_error(err: BaseException) -> bool:
     return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
 
 
+def find_user_error(err: BaseException) -> BaseException | None:
+    """``err`` if it is a user error (:func:`is_user_error`), else the first user error among its explicit causes.
+
+    jsonargparse wraps an error that a class raises while it is built from the config (subclass mode:
+    ``model.class_path``, ``data.class_path``) in its own ``ValueError`` ("Does not validate against any of
+    the Union subtypes"), raised ``from`` the original one.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if is_user_error(current):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-finetune`` and ``python cli.py``.
 
@@ -404,9 +421,10 @@ def main(args: list[str] | None = None) -> None:
     try:
         run_subcommand(argv, from_sys_argv=args is None)
     except Exception as err:
-        if debug or not is_user_error(err):
+        user_error = find_user_error(err)
+        if debug or user_error is None:
             raise
-        sys.stderr.write(f"error: {err}\n  (`--debug` or {DEBUG_ENV}=1 shows the traceback)\n")
+        sys.stderr.write(f"error: {user_error}\n  (`--debug` or {DEBUG_ENV}=1 shows the traceback)\n")
         sys.exit(2)
 
 
