@@ -93,7 +93,7 @@ def preprocessing_of(checkpoint: dict[str, Any], model: nn.Module | None = None)
     A model whose task is dense (segmentation) gets :func:`segmentation_preprocessing_of`.
     """
     if model is not None and getattr(getattr(model, "task", None), "dense", False):
-        return segmentation_preprocessing_of(checkpoint, model)
+        return segmentation_preprocessing_of(checkpoint)
     from lit_finetune.data.datamodule import ImageFolderDataModule
     from lit_finetune.data.transforms import default_preprocessing
 
@@ -115,12 +115,13 @@ def preprocessing_of(checkpoint: dict[str, Any], model: nn.Module | None = None)
     }
 
 
-def segmentation_preprocessing_of(checkpoint: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+def segmentation_preprocessing_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Evaluation size and normalization of a segmentation model (``SegmentationDataModule``'s options).
 
     ``resize_size``: the side of the square images are resized to (None: full resolution, no resize);
     ``crop_size``: the training crop's side (the example size of TorchScript/ONNX exports). Without data
-    module hyperparameters (a plain ``Trainer.fit``): the weights' size and the module's ``image_mean``/``image_std``.
+    module hyperparameters (a plain ``Trainer.fit``): the weights' size and statistics, or the module's
+    ``image_mean``/``image_std`` when set.
     """
     from lit_finetune.data.segmentation import SegmentationDataModule, segmentation_preprocessing
 
@@ -131,8 +132,9 @@ def segmentation_preprocessing_of(checkpoint: dict[str, Any], model: nn.Module) 
         resize = pre.crop_size if eval_size == "image_size" else eval_size
         mean, std = pre.mean, pre.std
     else:
-        pre = segmentation_preprocessing(model.backbone_name, model.weights)
-        resize, mean, std = pre.crop_size, model.image_mean, model.image_std
+        hparams = checkpoint.get("hyper_parameters") or {}
+        pre = segmentation_preprocessing(hparams.get("backbone"), hparams.get("weights"))
+        resize, mean, std = pre.crop_size, hparams.get("image_mean") or pre.mean, hparams.get("image_std") or pre.std
     resize_step = f"resize to {resize}x{resize}" if resize is not None else "keep the image's size (full resolution)"
     return {
         "resize_size": resize,
@@ -166,7 +168,7 @@ def model_from_checkpoint(ckpt_path: str | Path, trust_pickle: bool = False) -> 
     without pretrained weights (nothing is downloaded) and then filled from the checkpoint.
 
     Raises:
-        ValueError: the file is not a Lightning checkpoint of a model.
+        ValueError: the file is not a Lightning checkpoint of a model, or its model class cannot be imported.
     """
     checkpoint = load_checkpoint_file(ckpt_path, trust_pickle=trust_pickle)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:

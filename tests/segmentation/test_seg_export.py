@@ -21,7 +21,13 @@ from seg_model_helpers import ShapesDataset, loader, tiny_module
 from lit_finetune import keys
 from lit_finetune.cli import build_cli, main
 from lit_finetune.data.masks import default_palette
-from lit_finetune.export import export_checkpoint, load_exported, model_from_checkpoint, module_class_path
+from lit_finetune.export import (
+    export_checkpoint,
+    load_exported,
+    model_from_checkpoint,
+    module_class_path,
+    segmentation_preprocessing_of,
+)
 from lit_finetune.segmentation import SegmentationModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,6 +91,14 @@ def test_model_json_describes_the_segmentation_model(exported):
     pre = config["preprocessing"]  # no data module: the encoder's default size, the module's statistics
     assert pre["resize_size"] == 224 and pre["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert set(config["files"]) == {"weights", "torchscript", "onnx"}
+
+
+def test_preprocessing_without_a_data_module_follows_the_weights():
+    # A torchvision segmentation model's weights resize to 520 px; the module's own statistics win when set.
+    hparams = {"backbone": "lraspp_mobilenet_v3_large", "weights": "COCO_WITH_VOC_LABELS_V1", "image_mean": [0.5, 0.5, 0.5]}
+    pre = segmentation_preprocessing_of({"hyper_parameters": hparams})
+    assert pre["resize_size"] == pre["crop_size"] == 520
+    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == pytest.approx([0.229, 0.224, 0.225])
 
 
 def test_export_is_quiet(exported):
