@@ -1,6 +1,6 @@
 """Training throughput of FinetuneClassifier at 224 px, its fraction of the device's matmul peak, and what the switches buy.
 
-For each backbone (default ``resnet18`` and ``densenet121``) the module is trained by a
+For each backbone (default ``resnet18`` and ``squeezenet1_1``) the module is trained by a
 Lightning ``Trainer`` on in-memory random images (no decoding cost), on whatever device is present.
 Reported per backbone:
 
@@ -131,7 +131,7 @@ def fit_rate(model: FinetuneClassifier, loader: DataLoader, args: argparse.Names
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", default="resnet18,densenet121", help="comma-separated torchvision names")
+    parser.add_argument("--backbones", default="resnet18,squeezenet1_1", help="comma-separated torchvision names")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per fit")
