@@ -105,7 +105,8 @@ class FinetuneClassifier(LightningModule):
         scheduler_monitor: metric that ``ReduceLROnPlateau`` watches.
         class_names: names of the classes, stored in checkpoints and hyperparameters.
         trust_pickle: allow a local weights file holding a whole pickled model (runs code from the file).
-        channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
+        channels_last: use the channels-last memory format (faster convolutions on recent GPUs; on CPU measure it:
+            docs/recipes.md, Throughput).
         freeze: what to freeze: ``"none"``, ``"backbone"`` (all but the head), the number of leading
             backbone stages (``2``), or a list of module/parameter-name globs (``["backbone.layer1*"]``).
             Frozen parameters get ``requires_grad=False`` and stay out of the optimizer. A backbone frozen
