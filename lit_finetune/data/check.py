@@ -5,18 +5,19 @@ scale, which still reads the whole file), in a thread pool. Zero-byte files, tru
 and PNG data, and other files with image extensions are reported with the reason; grayscale, 16-bit,
 palette, RGBA, CMYK and EXIF-rotated images are fine (they are converted to RGB when read).
 ``ImageFolderDataModule`` runs the same scan at set-up and then skips the bad files or stops the run
-(``data.bad_images``).
+(``data.bad_images``). The helpers shared with the mask checks of :mod:`lit_finetune.data.masks` (thread pool,
+one scan for all DDP processes, reports that count and list) live here too.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from lit_finetune.data.folder import list_images, load_rgb
 
@@ -25,6 +26,45 @@ if TYPE_CHECKING:
 
 SCAN_SIDE = 64
 """JPEGs are decoded at a scale giving at least this many pixels a side."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_in_threads(function: Callable[[T], R], items: Iterable[T], num_threads: int | None = None, chunksize: int = 1) -> list[R]:
+    """``function`` on every item, in order, in a thread pool: for decoding files (which releases the GIL).
+
+    Args:
+        function: called on each item.
+        items: the inputs.
+        num_threads: threads; None: ``min(16, cpu count + 4)``.
+        chunksize: items handed to the pool at a time.
+    """
+    threads = num_threads or min(16, (os.cpu_count() or 1) + 4)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(function, items, chunksize=chunksize))
+
+
+def scan_once(scan: Callable[[], R], trainer: Trainer | None = None) -> R:
+    """``scan()`` on global rank 0 only, its result broadcast to the other processes; here with one process.
+
+    For scans whose result is the same on every process (they list the same files): one scan serves all.
+
+    Args:
+        scan: computes the result (on rank 0).
+        trainer: the trainer the data module is attached to; None (or one process): scan here.
+    """
+    if trainer is None or trainer.world_size <= 1:
+        return scan()
+    return trainer.strategy.broadcast(scan() if trainer.global_rank == 0 else None, src=0)
+
+
+def format_problems(title: str, lines: Sequence[str], limit: int = 20) -> str:
+    """``title`` with the count, then the first ``limit`` lines indented, then how many more."""
+    text = [f"{len(lines)} {title}:"] + [f"  {line}" for line in lines[:limit]]
+    if len(lines) > limit:
+        text.append(f"  ... and {len(lines) - limit} more")
+    return "\n".join(text)
 
 
 @dataclass(frozen=True)
@@ -62,9 +102,7 @@ def find_bad_images(paths: Iterable[str | Path], num_threads: int | None = None)
         [str(b) for b in bad]  # ['empty.jpg: empty file (0 bytes)']
     """
     paths = [str(p) for p in paths]
-    threads = num_threads or min(16, (os.cpu_count() or 1) + 4)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        reasons = list(pool.map(check_image, paths, chunksize=64))
+    reasons = map_in_threads(check_image, paths, num_threads, chunksize=64)
     return [BadImage(p, r) for p, r in zip(paths, reasons) if r is not None]
 
 
@@ -82,20 +120,14 @@ def find_bad_images_once(paths: Sequence[str | Path], trainer: Trainer | None = 
 
         bad = find_bad_images_once(paths, datamodule.trainer)  # in LightningDataModule.setup
     """
-    if trainer is None or trainer.world_size <= 1:
-        return find_bad_images(paths)
-    bad = find_bad_images(paths) if trainer.global_rank == 0 else None
-    return trainer.strategy.broadcast(bad, src=0)
+    return scan_once(lambda: find_bad_images(paths), trainer)
 
 
 def format_report(bad: Sequence[BadImage], total: int, limit: int = 50) -> str:
     """``N of M images cannot be read:`` followed by the first ``limit`` files and their reasons."""
     if not bad:
         return f"All {total} images can be read."
-    lines = [f"{len(bad)} of {total} images cannot be read:"] + [f"  {b}" for b in bad[:limit]]
-    if len(bad) > limit:
-        lines.append(f"  ... and {len(bad) - limit} more")
-    return "\n".join(lines)
+    return format_problems(f"of {total} images cannot be read", [str(b) for b in bad], limit)
 
 
 def check_data(root: str, num_threads: int | None = None, output: str | None = None) -> list[BadImage]:

@@ -3,46 +3,29 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import torch
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
+from typing_extensions import override
 
+# MAX_AUTO_WORKERS and auto_num_workers stay importable from here.
+from lit_finetune.data.base import MAX_AUTO_WORKERS, FolderDataModule, auto_num_workers, check_val_fraction  # noqa: F401
 from lit_finetune.data.check import find_bad_images_once, format_report
 from lit_finetune.data.csv_labels import make_target, read_labels_csv
 from lit_finetune.data.demo import write_digit_pairs, write_digits
-from lit_finetune.data.folder import ImageDataset, binary_targets, list_images, scan_image_folder
+from lit_finetune.data.folder import ImageDataset, binary_targets, scan_image_folder
 from lit_finetune.data import transforms as tfm
 from lit_finetune.data.mixing import BatchMixer, MixingCollate
 from lit_finetune.data.sampling import BalancedSampler, balanced_weights, describe_balance, expected_draws
 from lit_finetune.data.transforms import Augment, Preprocessing, default_preprocessing
 
 log = logging.getLogger(__name__)
-
-MAX_AUTO_WORKERS = 8
-"""``num_workers: auto`` uses at most this many loader processes (per training process)."""
-
-
-def auto_num_workers(processes: int = 1) -> int:
-    """Loader workers for ``num_workers: auto``: the CPUs this process may run on, shared by ``processes``
-    training processes on the machine, at most :data:`MAX_AUTO_WORKERS`, at least 1.
-
-    The CPUs are those of ``os.sched_getaffinity`` (what a container or ``taskset`` allows), else ``os.cpu_count()``.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, processes)))
 
 
 def stratified_subset(samples: list, fraction: float, seed: int) -> list:
@@ -75,7 +58,7 @@ def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: 
     return sorted(train), sorted(val)
 
 
-class ImageFolderDataModule(LightningDataModule):
+class ImageFolderDataModule(FolderDataModule):
     """Class folders on disk as train/val/test/predict dataloaders of dict samples.
 
     ``root`` holds either ``train/`` and ``val/`` (and optionally ``test/``) folders of class folders,
@@ -210,8 +193,7 @@ class ImageFolderDataModule(LightningDataModule):
             raise ValueError(f"`sampler` must be 'random' or 'balanced', got {sampler!r}.")
         if not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"`train_fraction` must be in (0, 1], got {train_fraction}.")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}.")
+        check_val_fraction(val_fraction)
         if demo not in (None, "digits", "digit_pairs"):
             raise ValueError(f"Unknown demo data set '{demo}'; the ones available are 'digits' and 'digit_pairs'.")
         if task not in ("multiclass", "multilabel", "binary"):
@@ -229,11 +211,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.task = task
         self.labels_csv = Path(labels_csv) if labels_csv else None
         self.split_column = split_column
-        self.batch_size = batch_size
-        self.num_workers = auto_num_workers() if num_workers == "auto" else num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.persistent_workers = persistent_workers
-        self.predict_root = Path(predict_root) if predict_root else None
+        self._set_loader_options(batch_size, num_workers, pin_memory, persistent_workers, predict_root)
         self.class_names, self.train_samples, self.val_samples, self.test_samples = self._scan_samples(val_fraction, split_seed)
         self.preprocessing = self._preprocessing(backbone, weights, image_size, resize_size, mean, std)
         self.eval_transform = eval_transform or tfm.eval_transform(self.preprocessing)
@@ -341,8 +319,7 @@ class ImageFolderDataModule(LightningDataModule):
         for split in ("train", "val"):
             if not splits[split]:
                 raise ValueError(f"No {split} rows in '{self.labels_csv}': column '{self.split_column}' must name some rows '{split}'.")
-        if self.predict_root is not None and not self.predict_root.is_dir():
-            raise FileNotFoundError(f"`predict_root` '{self.predict_root}' does not exist.")
+        self._check_predict_root()
         log.info("%s: %d classes, %d train / %d val / %d test images", self.labels_csv, len(names), len(splits["train"]), len(splits["val"]), len(splits["test"]))
         return names, splits["train"], splits["val"], splits["test"]
 
@@ -375,8 +352,7 @@ class ImageFolderDataModule(LightningDataModule):
             if not val:
                 raise ValueError(f"Too few images under '{self.root}' to hold out a validation set: add at least two images per class.")
         test = scan_image_folder(test_dir, classes)[1] if test_dir.is_dir() else []
-        if self.predict_root is not None and not self.predict_root.is_dir():
-            raise FileNotFoundError(f"`predict_root` '{self.predict_root}' does not exist.")
+        self._check_predict_root()
         log.info("%s: %d classes, %d train / %d val / %d test images", self.root, len(classes), len(train), len(val), len(test))
         return classes, train, val, test
 
@@ -417,71 +393,30 @@ class ImageFolderDataModule(LightningDataModule):
                 raise ValueError(f"Every {name} image under '{self.root}' is unreadable: {report}")
             setattr(self, f"{name}_samples", kept)
 
-    def setup(self, stage: str) -> None:
+    @override
+    def _check_files(self) -> None:
         self._drop_bad_images()
-        self.train_set = ImageDataset(self.train_samples, self.train_transform)
-        self.val_set = ImageDataset(self.val_samples, self.eval_transform)
-        self.test_set = ImageDataset(self.test_samples, self.eval_transform)
-        if self.predict_root is not None:
-            self.predict_set = ImageDataset([(str(p), -1) for p in list_images(self.predict_root)], self.eval_transform)
-        else:
-            self.predict_set = self.val_set
-        if stage == "test" and not self.test_samples:
-            raise FileNotFoundError(f"No test/ folder under '{self.root}': add test/<class>/<images> to run `test`.")
 
-    def _eval_sampler(self, dataset: ImageDataset) -> Sampler | None:
-        """Under DDP, a sampler that gives each sample to exactly one process (no padding).
+    @override
+    def _splits(self) -> tuple[list, list, list]:
+        return self.train_samples, self.val_samples, self.test_samples
 
-        Lightning's default ``DistributedSampler`` pads the last batches with repeated samples so that every
-        process has as many; repeated samples would bias validation and test metrics.
-        """
-        trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
-            return None
-        if len(dataset) < trainer.world_size:
-            raise ValueError(f"{len(dataset)} evaluation images for {trainer.world_size} processes: every process needs at least one.")
-        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+    @override
+    def _dataset(self, items: Sequence[tuple[str, Any]], transform: Callable) -> ImageDataset:
+        return ImageDataset(items, transform)
 
-    def _workers(self) -> int:
-        """``num_workers``; ``auto`` shares the CPUs among the training processes of this machine."""
-        trainer = self.trainer
-        if self.hparams.num_workers == "auto" and trainer is not None and trainer.world_size > 1:
-            return auto_num_workers(max(1, trainer.world_size // max(1, trainer.num_nodes)))
-        return self.num_workers
+    @override
+    def _predict_items(self, images: list[Path]) -> list[tuple[str, int]]:
+        return [(str(p), -1) for p in images]
 
-    def _loader(
-        self, dataset: ImageDataset, shuffle: bool, sampler: Sampler | None = None, collate_fn: Callable | None = None
-    ) -> DataLoader:
-        workers = self._workers()
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and workers > 0,
-            collate_fn=collate_fn,
-        )
+    @override
+    def _collate(self, train: bool) -> Callable | None:
+        """With mixing, every training batch is mixed in the workers."""
+        return MixingCollate(self.mixer) if train and self.mixer is not None else None
 
+    @override
     def _train_sampler(self) -> Sampler | None:
         """The balanced sampler over the training set (after unreadable files were dropped), or None: shuffle."""
         if self.hparams.sampler != "balanced":
             return None
         return BalancedSampler(balanced_weights(self.train_set.targets, self.task))
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (or balanced-sampled) training batches; with mixing, every batch is mixed in the workers."""
-        sampler = self._train_sampler()
-        collate = MixingCollate(self.mixer) if self.mixer is not None else None
-        return self._loader(self.train_set, shuffle=sampler is None, sampler=sampler, collate_fn=collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False, sampler=self._eval_sampler(self.val_set))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False, sampler=self._eval_sampler(self.test_set))
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, shuffle=False, sampler=self._eval_sampler(self.predict_set))
-

@@ -12,16 +12,60 @@ PNGs under ``root/images/`` and ``root/labels.csv`` (columns ``image``, ``labels
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
-import csv
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
+
+
+def scan_image(scan: np.ndarray, side: int) -> Image.Image:
+    """One 8x8 digit scan (values 0-16) as a ``side`` x ``side`` grayscale image (bilinear)."""
+    pixels = (scan * (255.0 / 16.0)).astype(np.uint8)
+    return Image.fromarray(pixels, mode="L").resize((side, side), Image.BILINEAR)
+
+
+def has_splits(root: Path) -> bool:
+    """Whether ``root`` holds ``train/`` and ``val/`` folders (a written demo of that layout)."""
+    return (root / "train").is_dir() and (root / "val").is_dir()
+
+
+def has_labels_csv(root: Path) -> bool:
+    """Whether ``root`` holds ``labels.csv`` (a written ``digit_pairs`` demo)."""
+    return (root / "labels.csv").is_file()
+
+
+def scan_pools(rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
+    """Disjoint indices of the ``count`` scans for training (four fifths) and validation (one fifth), shuffled."""
+    order = rng.permutation(count)
+    return {"train": order[count // 5 :], "val": order[: count // 5]}
+
+
+def staging_folder(root: Path, prefix: str) -> Path:
+    """A new temporary folder next to ``root`` to write a demo into, then :func:`move_into_place`."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root.parent))
+
+
+def move_into_place(tmp: Path, root: Path, is_written: Callable[[Path], bool] | None = None, demo: str = "") -> None:
+    """Rename the written ``tmp`` folder to ``root`` (atomic: an interrupted write or two processes writing at once
+    never leave a half-filled folder); when ``root`` appeared meanwhile, drop ``tmp``.
+
+    Raises:
+        FileExistsError: ``root`` exists and, by ``is_written`` (when given), does not hold the ``demo``: it holds other files.
+    """
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process finished first, or root holds other files
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_written is not None and not is_written(root):
+            raise FileExistsError(f"'{root}' exists and holds other files: give `data.root` an empty or new folder for the {demo} demo.") from None
 
 
 def write_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Path:
@@ -31,14 +75,13 @@ def write_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, se
     processes writing at once never leave a half-filled folder.
     """
     root = Path(root)
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    if has_splits(root):
         return root
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     rng = np.random.default_rng(seed)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=root.parent))
+    tmp = staging_folder(root, ".digits-")
     for label in range(10):
         idx = np.flatnonzero(digits.target == label)
         rng.shuffle(idx)
@@ -47,19 +90,14 @@ def write_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, se
             folder = tmp / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
             for i in part:
-                pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-                Image.fromarray(pixels, mode="L").resize((size, size), Image.BILINEAR).save(folder / f"{i:04d}.png")
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+                scan_image(digits.images[i], size).save(folder / f"{i:04d}.png")
+    move_into_place(tmp, root)
     return root
 
 
 def digit_tile(scan: np.ndarray, cell: int) -> np.ndarray:
     """One 8x8 digit scan (values 0-16) as a ``cell`` x ``cell`` uint8 tile."""
-    pixels = (scan * (255.0 / 16.0)).astype(np.uint8)
-    return np.asarray(Image.fromarray(pixels, mode="L").resize((cell, cell), Image.BILINEAR))
+    return np.asarray(scan_image(scan, cell))
 
 
 def compose_digits(images: np.ndarray, targets: np.ndarray, rng: np.random.Generator, grid: int, cell: int) -> tuple[np.ndarray, list[int]]:
@@ -87,16 +125,14 @@ def write_digit_pairs(root: str | Path, n_train: int = 1500, n_val: int = 300, g
         write_digit_pairs("data/digit_pairs")  # data/digit_pairs/images/00000.png, data/digit_pairs/labels.csv
     """
     root = Path(root)
-    if (root / "labels.csv").is_file():
+    if has_labels_csv(root):
         return root
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(digits.target))
-    pools = {"train": order[len(order) // 5 :], "val": order[: len(order) // 5]}
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".digit-pairs-", dir=root.parent))
+    pools = scan_pools(rng, len(digits.target))
+    tmp = staging_folder(root, ".digit-pairs-")
     (tmp / "images").mkdir()
     rows = []
     for split, count in (("train", n_train), ("val", n_val)):
@@ -108,10 +144,5 @@ def write_digit_pairs(root: str | Path, n_train: int = 1500, n_val: int = 300, g
             rows.append((name, " ".join(map(str, labels)), split))
     with (tmp / "labels.csv").open("w", newline="") as f:
         csv.writer(f).writerows([("image", "labels", "split"), *rows])
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (root / "labels.csv").is_file():
-            raise FileExistsError(f"'{root}' exists and holds other files: give `data.root` an empty or new folder for the digit_pairs demo.") from None
+    move_into_place(tmp, root, has_labels_csv, "digit_pairs")
     return root

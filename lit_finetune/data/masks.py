@@ -9,14 +9,14 @@ colour-to-class table that the file does not carry. Binary masks hold 0/1 or 0/2
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lit_finetune.data.check import format_problems, map_in_threads  # noqa: F401 (format_problems: importable from here too)
 
 INDEX_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 """PIL modes read as class indices."""
@@ -137,9 +137,7 @@ def inspect_pair(image: str, mask: str) -> MaskInfo:
 
 def scan_masks(pairs: Sequence[tuple[str, str]], num_threads: int | None = None) -> list[MaskInfo]:
     """:func:`inspect_pair` for every ``(image, mask)`` pair, in a thread pool (PNG decoding releases the GIL)."""
-    threads = num_threads or min(16, (os.cpu_count() or 1) + 4)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda pair: inspect_pair(*pair), pairs, chunksize=32))
+    return map_in_threads(lambda pair: inspect_pair(*pair), pairs, num_threads, chunksize=32)
 
 
 def binary_positive_value(infos: Sequence[MaskInfo], ignore_index: int) -> int:
@@ -168,14 +166,6 @@ def mask_problems(infos: Sequence[MaskInfo], allowed: set[int]) -> list[str]:
         if bad:
             problems.append(f"{info.mask}: values {bad[:10]}{' ...' if len(bad) > 10 else ''}")
     return problems
-
-
-def format_problems(title: str, lines: Sequence[str], limit: int = 20) -> str:
-    """``title`` with the count, then the first ``limit`` lines indented, then how many more."""
-    text = [f"{len(lines)} {title}:"] + [f"  {line}" for line in lines[:limit]]
-    if len(lines) > limit:
-        text.append(f"  ... and {len(lines) - limit} more")
-    return "\n".join(text)
 
 
 def palette_image(mask: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> Image.Image:

@@ -24,17 +24,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.backbones import available_backbones, resolve_weights
+from lit_finetune.data.base import FolderDataModule, check_val_fraction
+from lit_finetune.data.check import scan_once
 from lit_finetune.data.folder import BadImageError, list_images, load_rgb
 from lit_finetune.data.masks import (
     allowed_values,
@@ -290,7 +291,7 @@ def split_pairs(pairs: list[tuple[str, str]], val_fraction: float, seed: int) ->
     return sorted(items[n_val:]), sorted(items[:n_val])
 
 
-class SegmentationDataModule(LightningDataModule):
+class SegmentationDataModule(FolderDataModule):
     """Images and masks on disk as train/val/test/predict dataloaders of dict samples.
 
     The folders are listed when the module is created (a missing folder, no images, an image without a
@@ -356,6 +357,8 @@ class SegmentationDataModule(LightningDataModule):
         dm.num_classes, dm.class_names[:3]  # (11, ['background', '0', '1'])
     """
 
+    TEST_LAYOUT = "test/images/ and test/masks/"
+
     def __init__(
         self,
         root: str,
@@ -400,14 +403,9 @@ class SegmentationDataModule(LightningDataModule):
         self.task = task
         self.ignore_index = ignore_index
         self.positive_value = positive_value
-        self.batch_size = batch_size
+        self._set_loader_options(batch_size, num_workers, pin_memory, persistent_workers, predict_root)
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
-        self.predict_root = Path(predict_root) if predict_root else None
-        if self.predict_root is not None and not self.predict_root.is_dir():
-            raise FileNotFoundError(f"`predict_root` '{self.predict_root}' does not exist.")
+        self._check_predict_root()
         self.train_pairs, self.val_pairs, self.test_pairs = self._scan(val_fraction, split_seed, mask_suffix)
         self.class_names = read_class_names(self.root, class_names, num_classes, task)
         # Saved resolved, so that the model's hyperparameters (filled in from these) agree with the data's
@@ -431,8 +429,7 @@ class SegmentationDataModule(LightningDataModule):
             raise ValueError(f"`batch_size` and `eval_batch_size` must be >= 1, got {batch_size} and {eval_batch_size}.")
         if num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}.")
+        check_val_fraction(val_fraction)
         if task not in ("multiclass", "binary"):
             raise ValueError(f"Unknown segmentation task '{task}'; choose multiclass or binary.")
         if demo not in (None, "digits_seg"):
@@ -442,11 +439,6 @@ class SegmentationDataModule(LightningDataModule):
         for name, size in (("image_size", image_size), ("eval_size", eval_size)):
             if isinstance(size, int) and size < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {size}.")
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes, background included (binary: 2)."""
-        return len(self.class_names)
 
     @property
     def num_train_samples(self) -> int:
@@ -518,11 +510,7 @@ class SegmentationDataModule(LightningDataModule):
             self._checked = True
             return
         pairs = self.train_pairs + self.val_pairs + self.test_pairs
-        trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
-            infos = scan_masks(pairs)
-        else:  # every process lists the same pairs: one scan serves all
-            infos = trainer.strategy.broadcast(scan_masks(pairs) if trainer.global_rank == 0 else None, src=0)
+        infos = scan_once(lambda: scan_masks(pairs), self.trainer)  # every process lists the same pairs: one scan serves all
         self._infos = infos
         if self.positive_value is None:
             self.positive_value = binary_positive_value(infos[: len(self.train_pairs)], self.ignore_index) if binary else 1
@@ -536,54 +524,28 @@ class SegmentationDataModule(LightningDataModule):
             )
         self._checked = True
 
+    @override
     def _dataset(self, pairs: Sequence[Pair], transform: Callable) -> SegmentationDataset:
         return SegmentationDataset(pairs, transform, self.task == "binary", self.positive_value, self.ignore_index)
 
-    def setup(self, stage: str) -> None:
+    @override
+    def _check_files(self) -> None:
         self.validate_masks()
-        self.train_set = self._dataset(self.train_pairs, self.train_transform)
-        self.val_set = self._dataset(self.val_pairs, self.eval_transform)
-        self.test_set = self._dataset(self.test_pairs, self.eval_transform)
-        if self.predict_root is not None:
-            images = list_images(self.predict_root)
-            if not images:
-                raise ValueError(f"No images under `predict_root` '{self.predict_root}'.")
-            self.predict_set = self._dataset([(str(p), None) for p in images], self.eval_transform)
-        else:
-            self.predict_set = self.val_set
-        if stage == "test" and not self.test_pairs:
-            raise FileNotFoundError(f"No test/ folder under '{self.root}': add test/images/ and test/masks/ to run `test`.")
 
-    def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
-        """Under DDP, each sample on exactly one process (Lightning's default sampler repeats samples, biasing metrics)."""
-        trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
-            return None
-        if len(dataset) < trainer.world_size:
-            raise ValueError(f"{len(dataset)} evaluation images for {trainer.world_size} processes: every process needs at least one.")
-        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+    @override
+    def _splits(self) -> tuple[list, list, list]:
+        return self.train_pairs, self.val_pairs, self.test_pairs
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            sampler=None if train else self._eval_sampler(dataset),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=collate_same_size,
-        )
+    @override
+    def _predict_items(self, images: list[Path]) -> list[Pair]:
+        if not images:
+            raise ValueError(f"No images under `predict_root` '{self.predict_root}'.")
+        return [(str(p), None) for p in images]
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+    @override
+    def _collate(self, train: bool) -> Callable:
+        return collate_same_size
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, train=False)
-
+    @override
+    def _eval_batch_size(self) -> int:
+        return self.eval_batch_size

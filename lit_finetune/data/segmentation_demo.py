@@ -12,14 +12,12 @@ Pascal VOC's colours), the layout of :class:`SegmentationDataModule`.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from lit_finetune.data.demo import has_splits, move_into_place, scan_image, scan_pools, staging_folder
 from lit_finetune.data.masks import default_palette
 
 SEGMENTATION_CLASSES = ["background"] + [str(d) for d in range(10)]
@@ -30,8 +28,7 @@ STROKE_LEVEL = 0.25
 
 def scaled_scan(scan: np.ndarray, side: int) -> np.ndarray:
     """An 8x8 scan (values 0-16) upscaled to ``side`` x ``side`` floats in [0, 1] (bilinear)."""
-    pixels = Image.fromarray((scan * (255.0 / 16.0)).astype(np.uint8), mode="L")
-    return np.asarray(pixels.resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
+    return np.asarray(scan_image(scan, side), dtype=np.float32) / 255.0
 
 
 def place_boxes(rng: np.random.Generator, canvas: int, sides: list[int], min_side: int = 16, tries: int = 200) -> list[tuple[int, int, int]]:
@@ -95,16 +92,14 @@ def write_digit_segmentation(root: str | Path, n_train: int = 1600, n_val: int =
         write_digit_segmentation("data/digits_seg")  # data/digits_seg/train/images/00000.png, .../masks/00000.png
     """
     root = Path(root)
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    if has_splits(root):
         return root
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(digits.target))
-    pools = {"train": order[len(order) // 5 :], "val": order[: len(order) // 5]}
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".digits-seg-", dir=root.parent))
+    pools = scan_pools(rng, len(digits.target))
+    tmp = staging_folder(root, ".digits-seg-")
     palette = [channel for color in default_palette(256) for channel in color]
     (tmp / "classes.txt").write_text("\n".join(SEGMENTATION_CLASSES) + "\n")
     for split, count in (("train", n_train), ("val", n_val)):
@@ -117,10 +112,5 @@ def write_digit_segmentation(root: str | Path, n_train: int = 1600, n_val: int =
             mask_png = Image.fromarray(mask, mode="P")
             mask_png.putpalette(palette)
             mask_png.save(tmp / split / "masks" / f"{i:05d}.png")
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process finished first, or root holds other files
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not ((root / "train").is_dir() and (root / "val").is_dir()):
-            raise FileExistsError(f"'{root}' exists and holds other files: give `data.root` an empty or new folder for the digits_seg demo.") from None
+    move_into_place(tmp, root, has_splits, "digits_seg")
     return root
