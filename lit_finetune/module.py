@@ -1,67 +1,40 @@
 """``FinetuneClassifier``: a LightningModule around any torchvision classification backbone.
 
 Built to be subclassed: override ``build_backbone``, ``build_head``, ``forward``, ``compute_loss``
-or ``parameter_groups`` and keep the rest (metrics, logging, optimizer and scheduler wiring).
+or ``parameter_groups`` and keep the rest (metrics, logging, optimizer and scheduler wiring, shared with
+``SegmentationModule`` in ``lit_finetune.task_module.TaskLightningModule``).
 """
 
 from __future__ import annotations
 
 import logging
-from copy import deepcopy
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric, MetricCollection
 from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.backbones import MIN_INPUT_SIZE, create_backbone
 from lit_finetune.data.transforms import default_preprocessing
 from lit_finetune.feature_cache import FeatureCache
-from lit_finetune.freezing import FreezeSpec, freeze_patterns
-from lit_finetune.freezing import freeze as freeze_parameters
-from lit_finetune.param_groups import apply_lr_scales, held_groups, parameter_groups
-from lit_finetune.stages import backbone_stages
+from lit_finetune.freezing import FreezeSpec
 from lit_finetune.heads import ClassifierHead
-from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.networks import ClassifierNetwork
-from lit_finetune.schedulers import WarmupCosineLR
-from lit_finetune.tasks import Task, build_task
+from lit_finetune.task_module import LOSS_STATE_PREFIXES, TaskLightningModule, per_sample_copy
+from lit_finetune.tasks import build_task
 from lit_finetune.tta import TTAMode, check_tta, tta_logits
 
 log = logging.getLogger(__name__)
 
 TaskName = Literal["multiclass", "multilabel", "binary"]
-LOSS_STATE_PREFIXES = ("loss.", "loss_per_sample.", "train_loss.", "val_loss.", "test_loss.")
-"""State-dict keys of the loss, of its per-sample copy and of the metrics that wrap it."""
+__all__ = ["LOSS_STATE_PREFIXES", "FinetuneClassifier", "TaskName", "per_sample_copy"]
 
 
-def per_sample_copy(loss: nn.Module) -> nn.Module:
-    """A copy of ``loss`` that returns one value per sample, for callbacks (the configured loss is left as it is).
-
-    ``reduction="none"``; losses of ``lit_finetune.losses`` that aggregate over the batch score each sample
-    on its own (``aggregation="per_sample"``).
-    """
-    if not hasattr(loss, "reduction"):
-        raise ValueError(
-            f"The loss {type(loss).__name__} has no `reduction` attribute: the module needs a per-sample value of it "
-            "for the callbacks (reduction='none'). Give it a `reduction` argument or override `sample_losses`."
-        )
-    copy = deepcopy(loss)
-    copy.reduction = "none"
-    if getattr(copy, "aggregation", None) == "global":
-        copy.aggregation = "per_sample"
-    for param in copy.parameters():
-        param.requires_grad_(False)
-    return copy
-
-
-class FinetuneClassifier(LightningModule):
+class FinetuneClassifier(TaskLightningModule):
     """Fine-tune a torchvision classifier on your own classes.
 
     Args:
@@ -144,6 +117,8 @@ class FinetuneClassifier(LightningModule):
         out["logits"].shape, out["features"].shape  # (4, 2), (4, 512)
     """
 
+    _loss_weight_options = "`class_weights` / `pos_weight`"
+
     def __init__(
         self,
         num_classes: int,
@@ -184,53 +159,24 @@ class FinetuneClassifier(LightningModule):
     ) -> None:
         super().__init__()
         check_tta(tta, tta_crop_fraction)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
-        if backbone_lr_mult < 0 or not 0 < layer_decay <= 1 or (head_lr is not None and head_lr <= 0):
-            raise ValueError(
-                f"Need head_lr > 0 (or None), backbone_lr_mult >= 0 and 0 < layer_decay <= 1; got head_lr={head_lr}, "
-                f"backbone_lr_mult={backbone_lr_mult}, layer_decay={layer_decay}."
-            )
+        self._check_options(label_smoothing, head_lr, backbone_lr_mult, layer_decay)
         # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
-        self.task: Task = build_task(task, num_classes, class_names, threshold)
-        self.num_classes = num_classes
-        self.num_outputs = self.task.num_outputs
-        self.class_names = self.task.class_names
-        self.backbone_name = backbone
-        self.weights = weights
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = lr_scheduler
+        self._init_task(build_task(task, num_classes, class_names, threshold), backbone, weights, optimizer, lr_scheduler)
         pre = default_preprocessing(backbone, weights)
-        self.image_mean = tuple(image_mean) if image_mean is not None else pre.mean
-        self.image_std = tuple(image_std) if image_std is not None else pre.std
+        self._init_normalization(image_mean, image_std, (pre.mean, pre.std))
         self.min_input_size = MIN_INPUT_SIZE.get(backbone, 32)
 
         self.backbone, self.feature_size = self.build_backbone()
         self.head = self.build_head(self.feature_size)
-        # The same two modules as a plain nn.Module (not registered twice): export and research code use it.
-        self.__dict__["network"] = ClassifierNetwork(self.backbone, self.head, channels_last)
-        if channels_last:  # before the optimizer and any DDP wrapping see the parameters
-            self.to(memory_format=torch.channels_last)
+        self._attach_network(ClassifierNetwork(self.backbone, self.head, channels_last), channels_last)
         if compile:
             self.network.compile_parts(compile_backend)
-        self.head_lr = head_lr
-        self.stages = backbone_stages(self.backbone)
-        self.frozen_parameters = set(freeze_parameters(self, freeze_patterns(freeze, self.stages), train_bn=train_bn))
+        self._init_freezing(freeze, train_bn, head_lr)
         if cache_features and type(self).forward is not FinetuneClassifier.forward:
             raise ValueError("cache_features=True feeds cached features to the head and bypasses `forward`: leave it off in subclasses that override `forward`.")
         self.feature_caches = {"train": FeatureCache(), "val": FeatureCache()}
-        self.loss = self._prepare_loss(loss)
-        self.loss_per_sample = per_sample_copy(self.loss)
-        self.train_loss, self.val_loss, self.test_loss = (self._epoch_loss_metric() for _ in range(3))
-        self.loss_term_metrics = nn.ModuleDict()
-        metrics = self.build_metrics()
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        class_metrics = self.task.build_class_metrics()
-        self.val_class_metrics = class_metrics.clone(prefix="val/") if class_metrics is not None else None
-        self.test_class_metrics = class_metrics.clone(prefix="test/") if class_metrics is not None else None
+        self._init_loss_and_metrics(loss)
 
     # ------------------------------------------------------------------ override points
     def build_backbone(self) -> tuple[nn.Module, int]:
@@ -248,74 +194,16 @@ class FinetuneClassifier(LightningModule):
         """Return the head that maps pooled features to ``num_outputs`` logits."""
         return ClassifierHead(in_features, self.num_outputs, self.hparams.head_hidden_dims, self.hparams.head_dropout)
 
-    def build_metrics(self) -> MetricCollection:
-        """Metrics computed on train, val and test (torchmetrics, reduced correctly under DDP): the task's."""
-        return self.task.build_metrics()
-
     def forward(self, images: Tensor, return_features: bool = False) -> dict[str, Tensor]:
         """Class logits of ``images`` (``(N, 3, H, W)``, normalized) and, if asked, their pooled features."""
         return self.network(images, return_features=return_features)
-
-    def loss_terms(self, outputs: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
-        """The loss terms of a batch, each a scalar, already weighted; their sum is optimized.
-
-        ``loss``: the configured loss on the logits, exactly as configured; ``loss_aux``: inception_v3's
-        auxiliary head in training. A subclass adds terms here. With more than one term, ``<stage>/loss`` is
-        their sum and each is also logged: ``<stage>/loss_main``, ``<stage>/loss_aux``, ``<stage>/<name>``.
-        """
-        terms = {keys.LOSS: self.loss(outputs[keys.LOGITS], target).mean()}
-        if keys.AUX_LOGITS in outputs:
-            terms["loss_aux"] = self.hparams.aux_loss_weight * self.loss(outputs[keys.AUX_LOGITS], target).mean()
-        return terms
-
-    def compute_loss(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:
-        """The scalar that is optimized: the sum of :meth:`loss_terms`."""
-        return torch.stack(list(self.loss_terms(outputs, target).values())).sum()
-
-    @torch.no_grad()
-    def sample_losses(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:
-        """Detached per-sample values of the configured loss, shape ``(N,)``, for callbacks (best/worst samples)."""
-        loss = self.loss_per_sample(outputs[keys.LOGITS].detach(), target)
-        return loss.flatten(1).mean(1) if loss.ndim > 1 else loss
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Parameter groups handed to the optimizer (each may set its own ``lr``/``weight_decay``; ``name`` shows in LearningRateMonitor).
-
-        Default: ``head``, then ``backbone.stage{i}`` for each stage, each split off a ``.no_decay``
-        group; ``lr_scale`` (LR relative to ``head_lr``) is turned into ``lr`` once the optimizer is built.
-        Parameters frozen by ``freeze`` are left out; those an unfreeze schedule holds are kept.
-        """
-        return parameter_groups(
-            self,
-            self.stages,
-            backbone_lr_mult=self.hparams.backbone_lr_mult,
-            layer_decay=self.hparams.layer_decay,
-            no_weight_decay_norm_bias=self.hparams.no_weight_decay_norm_bias,
-            exclude=self.frozen_parameters,
-            keep_separate=held_groups(self._trainer),  # stages an unfreeze schedule warms up keep their own groups
-        )
-
-    def backbone_is_frozen(self) -> bool:
-        """True when no backbone parameter requires a gradient: the backbone then runs in eval mode under ``no_grad``."""
-        return self.network.backbone_is_frozen()
 
     def backbone_features(self, images: Tensor) -> Any:
         """The backbone's output for ``images`` (see :meth:`ClassifierNetwork.features`)."""
         return self.network.features(images)
 
-    def prepare_target(self, target: Tensor) -> Tensor:
-        """Targets as the loss expects them (the task checks them and says what is wrong)."""
-        return self.task.prepare_target(target)
-
-    # ------------------------------------------------------------------ helpers
-    def _prepare_loss(self, loss: nn.Module | None) -> nn.Module:
-        weight = self._loss_weight()
-        if loss is None:
-            return self.task.default_loss(self.hparams.label_smoothing, weight)
-        if weight is not None:
-            raise ValueError("`class_weights` / `pos_weight` configure the default loss; give them to your own `loss` instead.")
-        return loss
-
+    # ------------------------------------------------------------------ hooks of TaskLightningModule
+    @override
     def _loss_weight(self) -> Tensor | None:
         class_weights, pos_weight = self.hparams.class_weights, self.hparams.pos_weight
         if class_weights is not None and self.task.name != "multiclass":
@@ -337,34 +225,35 @@ class FinetuneClassifier(LightningModule):
             raise ValueError(f"{len(weight)} loss weights given for {self.num_outputs} outputs: give one per class.")
         return weight
 
+    @override
+    def _has_aux_loss(self, stage: str) -> bool:
+        return self.backbone_name == "inception_v3"
+
+    @override
+    def _step_outputs(self, batch: dict, stage: str) -> dict[str, Tensor]:
+        """The forward of a step: compiled parts when ``compile``, test-time augmentation or cached features when on."""
+        with self.network.compiled_calls(self.hparams.compile):
+            if self._uses_tta():
+                forward = lambda images: self(images)[keys.LOGITS]  # noqa: E731
+                return {keys.LOGITS: tta_logits(self.task, forward, batch[keys.IMAGE], self.hparams.tta, self.hparams.tta_crop_fraction)}
+            if self._uses_cache(batch, stage):
+                return self._cached_forward(batch, stage)
+            return self(batch[keys.IMAGE])
+
+    @override
+    def _scores_batch(self, batch: dict) -> bool:
+        # A mixed batch (multilabel targets can stay 0/1) or soft targets are not scored against hard labels.
+        return not (batch.get(keys.MIXED, False) or self.task.is_soft(batch[keys.TARGET]))
+
+    @override
+    def _reported_target(self, batch: dict, target: Tensor) -> Tensor:
+        return batch[keys.TARGET]  # as the data gives it (binary: (N,)); the loss alone gets the prepared one
+
+    # ------------------------------------------------------------------ helpers
     def _num_train_samples(self, counts: list[int]) -> int:
         total = getattr(self.hparams, "num_train_samples", None)
         # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
         return int(total) if total else int(sum(counts))
-
-    def _epoch_loss_metric(self) -> Metric:
-        # Losses of lit_finetune.losses that aggregate globally (a Dice over all samples) get their exact
-        # epoch value from summed statistics (when the module optimizes that loss alone); for the others
-        # the epoch value is the mean of the batch losses weighted by batch size (reduces under DDP).
-        alone = type(self).loss_terms is FinetuneClassifier.loss_terms and type(self).compute_loss is FinetuneClassifier.compute_loss
-        if isinstance(self.loss, StatisticsLoss) and alone and self.backbone_name != "inception_v3":
-            return LossMetric(self.loss)
-        return MeanMetric()
-
-    def _log_losses(self, stage: str, terms: dict[str, Tensor], total: Tensor, logits: Tensor, target: Tensor) -> None:
-        metric, n = getattr(self, f"{stage}_loss"), len(logits)
-        if isinstance(metric, LossMetric):
-            metric.update(logits, target)
-        else:
-            metric.update(total.detach(), weight=n)
-        if len(terms) > 1:
-            for name, value in terms.items():
-                key = f"{stage}_{name}"
-                if key not in self.loss_term_metrics:
-                    self.loss_term_metrics[key] = MeanMetric().to(self.device)
-                self.loss_term_metrics[key].update(value.detach(), weight=n)
-                tag = f"{stage}/loss_main" if name == keys.LOSS else f"{stage}/{name}"
-                self.log(tag, self.loss_term_metrics[key], on_step=False, on_epoch=True)
 
     def _cached_forward(self, batch: dict, stage: str) -> dict[str, Tensor]:
         """Logits from cached features (computed with the frozen backbone on first sight)."""
@@ -384,67 +273,11 @@ class FinetuneClassifier(LightningModule):
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         return self.hparams.tta != "none" and not self.training and not fitting
 
-    def _step_outputs(self, batch: dict, stage: str) -> dict[str, Tensor]:
-        """The forward of a step: compiled parts when ``compile``, test-time augmentation or cached features when on."""
-        with self.network.compiled_calls(self.hparams.compile):
-            if self._uses_tta():
-                forward = lambda images: self(images)[keys.LOGITS]  # noqa: E731
-                return {keys.LOGITS: tta_logits(self.task, forward, batch[keys.IMAGE], self.hparams.tta, self.hparams.tta_crop_fraction)}
-            if self._uses_cache(batch, stage):
-                return self._cached_forward(batch, stage)
-            return self(batch[keys.IMAGE])
-
-    def _shared_step(self, batch: dict, stage: str) -> dict[str, Tensor]:
-        target = self.prepare_target(batch[keys.TARGET])
-        outputs = self._step_outputs(batch, stage)
-        terms = self.loss_terms(outputs, target) if type(self).compute_loss is FinetuneClassifier.compute_loss else None
-        total = torch.stack(list(terms.values())).sum() if terms is not None else self.compute_loss(outputs, target)
-        logits = outputs[keys.LOGITS].detach()
-        self._log_losses(stage, terms or {keys.LOSS: total}, total, logits, target)
-        # A mixed batch (multilabel targets can stay 0/1) or soft targets are not scored against hard labels.
-        if not (batch.get(keys.MIXED, False) or self.task.is_soft(batch[keys.TARGET])):
-            inputs = self.task.metric_inputs(logits, batch[keys.TARGET])
-            getattr(self, f"{stage}_metrics").update(*inputs)
-            per_class = getattr(self, f"{stage}_class_metrics", None)
-            if per_class is not None:
-                per_class.update(*inputs)
-        return {
-            keys.LOSS: total,
-            keys.SAMPLE_LOSS: self.sample_losses(outputs, target),
-            keys.LOGITS: logits,
-            keys.TARGET: batch[keys.TARGET],
-            keys.INDEX: batch[keys.INDEX],
-        }
-
     # ------------------------------------------------------------------ Lightning hooks
     @override
     def on_fit_start(self) -> None:
         for cache in self.feature_caches.values():
             cache.clear()  # the weights may have changed since the last fit
-
-    @override
-    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        out = self._shared_step(batch, "train")
-        self.log("train/loss", out[keys.LOSS], on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
-        if any(metric.update_called for metric in self.train_metrics.values()):  # not while every batch is mixed
-            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-        return out
-
-    @override
-    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        out = self._shared_step(batch, "val")
-        # Logged as metric objects: Lightning computes them once per epoch over all samples (and ranks).
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
-        return out
-
-    @override
-    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        out = self._shared_step(batch, "test")
-        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
-        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
-        return out
 
     @override
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
@@ -457,55 +290,3 @@ class FinetuneClassifier(LightningModule):
             "prob": prediction.prob,
             "probs": prediction.probs,
         }
-
-    def _log_class_metrics(self, stage: str) -> None:
-        # Per-class values are dicts, which Lightning cannot log as metric objects: computed (and synced) here.
-        per_class = getattr(self, f"{stage}_class_metrics")
-        if per_class is None or not any(metric.update_called for metric in per_class.values()):
-            return
-        self.log_dict({name: value for name, value in per_class.compute().items()})
-        per_class.reset()
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_class_metrics("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_class_metrics("test")
-
-    @override
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameter_groups())
-        apply_lr_scales(optimizer, self.head_lr)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
-            # The schedule spans the whole run: optimizer steps (interval "step") or epochs.
-            steps = self.trainer.estimated_stepping_batches if self.hparams.scheduler_interval == "step" else self.trainer.max_epochs
-            scheduler.total_steps = int(steps)
-        config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.hparams.scheduler_monitor
-        return {"optimizer": optimizer, "lr_scheduler": config}
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The class to rebuild for `lit-finetune export` when the hyperparameters hold no `_class_path` (plain `Trainer.fit`).
-        checkpoint["module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["class_names"] = self.class_names
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The loss is configuration, not learned state: its buffers (class weights) come from the config
-        # the model was built with, so a checkpoint saved with another loss still loads strictly.
-        # EMAWeightAveraging keeps the raw weights under `current_model_state` (`state_dict` holds the average).
-        own = {k: v for k, v in self.state_dict().items() if k.startswith(LOSS_STATE_PREFIXES)}
-        for name in ("state_dict", "current_model_state"):
-            state = checkpoint.get(name)
-            if state is None:
-                continue
-            for key in [k for k in state if k.startswith(LOSS_STATE_PREFIXES)]:
-                del state[key]
-            state.update(own)
