@@ -221,11 +221,6 @@ class ImageFolderDataModule(FolderDataModule):
             self._describe_balance()
 
     @property
-    def num_classes(self) -> int:
-        """Number of classes: class folders in the training data, or classes of the labels CSV."""
-        return len(self.class_names)
-
-    @property
     def class_counts(self) -> list[int]:
         """Training images per class in ``class_names`` order (multiclass), positives per class (multilabel),
         or ``[negatives, positives]`` (binary, also with a single class column)."""

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -41,10 +42,15 @@ def has_labels_csv(root: Path) -> bool:
     return (root / "labels.csv").is_file()
 
 
-def scan_pools(rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
-    """Disjoint indices of the ``count`` scans for training (four fifths) and validation (one fifth), shuffled."""
-    order = rng.permutation(count)
-    return {"train": order[count // 5 :], "val": order[: count // 5]}
+def load_scan_pools(seed: int) -> tuple[Any, np.random.Generator, dict[str, np.ndarray]]:
+    """scikit-learn's digits, a generator seeded with ``seed``, and disjoint indices of the scans drawn with it
+    for training (four fifths) and validation (one fifth)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(digits.target))
+    return digits, rng, {"train": order[len(order) // 5 :], "val": order[: len(order) // 5]}
 
 
 def staging_folder(root: Path, prefix: str) -> Path:
@@ -127,11 +133,7 @@ def write_digit_pairs(root: str | Path, n_train: int = 1500, n_val: int = 300, g
     root = Path(root)
     if has_labels_csv(root):
         return root
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    pools = scan_pools(rng, len(digits.target))
+    digits, rng, pools = load_scan_pools(seed)
     tmp = staging_folder(root, ".digit-pairs-")
     (tmp / "images").mkdir()
     rows = []

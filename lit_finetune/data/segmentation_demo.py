@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lit_finetune.data.demo import has_splits, move_into_place, scan_image, scan_pools, staging_folder
+from lit_finetune.data.demo import has_splits, load_scan_pools, move_into_place, scan_image, staging_folder
 from lit_finetune.data.masks import default_palette
 
 SEGMENTATION_CLASSES = ["background"] + [str(d) for d in range(10)]
@@ -94,11 +94,7 @@ def write_digit_segmentation(root: str | Path, n_train: int = 1600, n_val: int =
     root = Path(root)
     if has_splits(root):
         return root
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    pools = scan_pools(rng, len(digits.target))
+    digits, rng, pools = load_scan_pools(seed)
     tmp = staging_folder(root, ".digits-seg-")
     palette = [channel for color in default_palette(256) for channel in color]
     (tmp / "classes.txt").write_text("\n".join(SEGMENTATION_CLASSES) + "\n")
