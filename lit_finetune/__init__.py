@@ -28,22 +28,18 @@ from lit_finetune.schedulers import StepDecayLR, WarmupCosineLR
 from lit_finetune.segmentation import SegmentationModule
 from lit_finetune.segmenters import EncoderDecoderSegmenter, TorchvisionSegmenter, build_segmenter, segmentation_models
 from lit_finetune.stages import backbone_stages, register_stages
+from lit_finetune.task_module import TaskLightningModule
 from lit_finetune.tasks import SegmentationTask
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "segmentation_models",
-    "build_segmenter",
-    "TorchvisionSegmenter",
-    "SegmentationTask",
-    "SegmentationModule",
-    "EncoderDecoderSegmenter",
     "AtomicCheckpointIO",
     "BestWorstSamples",
     "ClassificationReport",
     "ClassifierHead",
     "DataTiming",
+    "EncoderDecoderSegmenter",
     "FinetuneClassifier",
     "GradCAM",
     "GradientStats",
@@ -56,12 +52,17 @@ __all__ = [
     "ResumableModelCheckpoint",
     "SegmentationDataModule",
     "SegmentationMaskWriter",
+    "SegmentationModule",
+    "SegmentationTask",
     "StepDecayLR",
+    "TaskLightningModule",
+    "TorchvisionSegmenter",
     "UnfreezeSchedule",
     "UnsafeCheckpointError",
     "WarmupCosineLR",
     "available_backbones",
     "backbone_stages",
+    "build_segmenter",
     "check_data",
     "create_backbone",
     "export_checkpoint",
@@ -70,5 +71,6 @@ __all__ = [
     "load_state_dict_file",
     "load_weights",
     "register_stages",
+    "segmentation_models",
     "suggest_lr",
 ]
