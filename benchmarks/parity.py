@@ -20,19 +20,16 @@ import time
 import warnings
 
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
 from lit_finetune import FinetuneClassifier, ImageFolderDataModule, keys
+from _timing import EpochTimer, sync
 
 warnings.filterwarnings("ignore")
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def plain_epoch(model: nn.Module, loader, optimizer, device: torch.device, ema: AveragedModel | None = None) -> float:
@@ -53,20 +50,6 @@ def plain_epoch(model: nn.Module, loader, optimizer, device: torch.device, ema: 
     sync(device)
     return time.perf_counter() - start
 
-
-class EpochTimer(Callback):
-    """Wall time of the training loop of each epoch."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        sync(pl_module.device)
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        sync(pl_module.device)
-        self.times.append(time.perf_counter() - self.start)
 
 
 def main() -> None:

@@ -22,19 +22,16 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Trainer
 from torch import nn
 
 from lit_finetune import SegmentationDataModule, keys
 from lit_finetune.data.segmentation_demo import write_digit_segmentation
 from lit_finetune.segmentation import SegmentationModule
+from _timing import EpochTimer, sync
 
 warnings.filterwarnings("ignore")
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def plain_epoch(model: nn.Module, criterion: nn.Module, loader, optimizer, device: torch.device) -> float:
@@ -52,20 +49,6 @@ def plain_epoch(model: nn.Module, criterion: nn.Module, loader, optimizer, devic
     sync(device)
     return time.perf_counter() - start
 
-
-class EpochTimer(Callback):
-    """Wall time of the training loop of each epoch."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        sync(pl_module.device)
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        sync(pl_module.device)
-        self.times.append(time.perf_counter() - self.start)
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lit_finetune import keys
 from lit_finetune.module import FinetuneClassifier
+from _timing import sync
 
 OPTIONS = ("channels_last", "bf16", "compile")
 
@@ -56,10 +57,6 @@ class RandomImages(Dataset):
     def __getitem__(self, i: int) -> dict:
         return {keys.IMAGE: self.images[i], keys.TARGET: self.targets[i], keys.INDEX: i, keys.PATH: str(i)}
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class StepTimer(Callback):
