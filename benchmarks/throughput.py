@@ -33,29 +33,16 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from lit_finetune import keys
 from lit_finetune.module import FinetuneClassifier
-from _timing import sync
+from _timing import RandomImages, sync
 
 OPTIONS = ("channels_last", "bf16", "compile")
 
 
-class RandomImages(Dataset):
-    """Normalized random images with labels, held in memory, as dict samples."""
-
-    def __init__(self, n: int, size: int, num_classes: int) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.images = torch.randn(n, 3, size, size, generator=generator)
-        self.targets = torch.randint(0, num_classes, (n,), generator=generator)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {keys.IMAGE: self.images[i], keys.TARGET: self.targets[i], keys.INDEX: i, keys.PATH: str(i)}
 
 
 

@@ -9,6 +9,7 @@ built from them, how batches are collated, what is checked once before the datas
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def check_val_fraction(val_fraction: float) -> None:
         raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}.")
 
 
-class FolderDataModule(LightningDataModule):
+class FolderDataModule(LightningDataModule, ABC):
     """Train/val/test/predict dataloaders over the splits a subclass lists from a data folder.
 
     Not used on its own: a subclass sets ``root``, ``class_names``, ``train_transform``, ``eval_transform``,
@@ -99,17 +100,17 @@ class FolderDataModule(LightningDataModule):
         return len(self.class_names)
 
     # ------------------------------------------------------------------------------------------ hooks
+    @abstractmethod
     def _splits(self) -> tuple[Sequence, Sequence, Sequence]:
         """The train, val and test items (at set-up, after :meth:`_check_files`)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _splits(): the train, val and test items.")
 
+    @abstractmethod
     def _dataset(self, items: Sequence, transform: Callable) -> Dataset:
         """A dataset of ``items`` (of :meth:`_splits` or :meth:`_predict_items`) read through ``transform``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _dataset(items, transform).")
 
+    @abstractmethod
     def _predict_items(self, images: list[Path]) -> Sequence:
         """Items of the images found under ``predict_root``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _predict_items(images) to predict on `predict_root`.")
 
     def _check_files(self) -> None:
         """Checks done once at set-up, before the datasets are built (may drop items); none by default."""
