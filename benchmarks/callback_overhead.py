@@ -34,7 +34,7 @@ from lit_finetune.callbacks.gradient_stats import GradientStats
 from lit_finetune.callbacks.hparams import HParamsSummary
 from lit_finetune.callbacks.nan_guard import NanGuard
 from lit_finetune.data.datamodule import ImageFolderDataModule
-from lit_finetune.module import FinetuneClassifier
+from lit_finetune.modules.classifier import FinetuneClassifier
 
 
 def write_images(root: Path, classes: int, per_class: int, size: int) -> None:

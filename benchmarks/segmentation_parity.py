@@ -27,7 +27,7 @@ from torch import nn
 
 from lit_finetune import SegmentationDataModule, keys
 from lit_finetune.data.segmentation_demo import write_digit_segmentation
-from lit_finetune.segmentation import SegmentationModule
+from lit_finetune.modules.segmentation import SegmentationModule
 from _timing import EpochTimer, sync
 
 warnings.filterwarnings("ignore")

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from lit_finetune import keys
-from lit_finetune.module import FinetuneClassifier
+from lit_finetune.modules.classifier import FinetuneClassifier
 from _timing import RandomImages, sync
 
 OPTIONS = ("channels_last", "bf16", "compile")

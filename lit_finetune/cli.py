@@ -39,7 +39,7 @@ from lit_finetune.callbacks.resumable_checkpoint import ResumableModelCheckpoint
 from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
 from lit_finetune.callbacks.test_report import TestReport
 from lit_finetune.data.datamodule import ImageFolderDataModule
-from lit_finetune.module import FinetuneClassifier
+from lit_finetune.modules.classifier import FinetuneClassifier
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -48,14 +48,14 @@ TRAINER_DEFAULTS = {
     },
     "max_epochs": 10,
     # Checkpoints are written to a temporary file next to the target and renamed: never half-written.
-    "plugins": [{"class_path": "lit_finetune.checkpoints.AtomicCheckpointIO"}],
+    "plugins": [{"class_path": "lit_finetune.models.weights.AtomicCheckpointIO"}],
 }
 EXTRA_SUBCOMMANDS = {
     "export": "Export a checkpoint for inference (weights, model.json, TorchScript/ONNX).",
     "check-data": "Find unreadable images under a data folder.",
 }
 
-DEFAULT_MODEL = "lit_finetune.module.FinetuneClassifier"
+DEFAULT_MODEL = "lit_finetune.modules.classifier.FinetuneClassifier"
 DEFAULT_DATA = "lit_finetune.data.datamodule.ImageFolderDataModule"
 DEFAULT_MONITOR = "val/acc"
 DEBUG_ENV = "LIT_FINETUNE_DEBUG"
@@ -293,7 +293,7 @@ class FinetuneCLI(LightningCLI):
     def before_fit(self) -> None:
         if not self.config[self.subcommand].get("lr_find"):
             return
-        from lit_finetune.lr_finder import suggest_lr
+        from lit_finetune.optim.lr_finder import suggest_lr
 
         plot = Path(self.trainer.log_dir or ".") / "lr_find.png"
         if self.trainer.is_global_zero:  # every rank runs the sweep; one writes the plot
@@ -374,7 +374,7 @@ def is_user_error(err: BaseException) -> bool:
     That is a ``ValueError``/``FileNotFoundError`` raised by a ``raise`` statement in this package's own
     code (the innermost frame is ours), or one of its own input errors (unsafe or bad files).
     """
-    from lit_finetune.checkpoints import UnsafeCheckpointError
+    from lit_finetune.models.weights import UnsafeCheckpointError
     from lit_finetune.data.folder import BadImageError
 
     if isinstance(err, (UnsafeCheckpointError, BadImageError)):

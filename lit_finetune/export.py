@@ -32,11 +32,11 @@ import torch
 from torch import Tensor, nn
 
 from lit_finetune import keys
-from lit_finetune.checkpoints import atomic_save, load_checkpoint_file
+from lit_finetune.models.weights import atomic_save, load_checkpoint_file
 
 EXPORT_VERSION = 1
 CONFIG_NAME = "model.json"
-DEFAULT_MODEL_CLASS = "lit_finetune.module.FinetuneClassifier"
+DEFAULT_MODEL_CLASS = "lit_finetune.modules.classifier.FinetuneClassifier"
 MODULE_CLASS_KEY = "module_class"
 """Checkpoint key where ``FinetuneClassifier`` and ``SegmentationModule`` store their import path."""
 MIN_ONNX_SIDE = 33
@@ -57,7 +57,15 @@ class LogitsModel(nn.Module):
         return self.model(images)[keys.LOGITS]
 
 
+MOVED_CLASSES = {
+    "lit_finetune.module.FinetuneClassifier": "lit_finetune.modules.classifier.FinetuneClassifier",
+    "lit_finetune.segmentation.SegmentationModule": "lit_finetune.modules.segmentation.SegmentationModule",
+}
+"""Class paths that checkpoints written before the package was split into sub-packages still name."""
+
+
 def _import(class_path: str) -> type:
+    class_path = MOVED_CLASSES.get(class_path, class_path)
     module, _, name = class_path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)

@@ -1,14 +1,13 @@
-"""Tests of stages per family (lit_finetune.stages), freeze specs and BN holding (lit_finetune.freezing), parameter groups."""
+"""Tests of stages per family (lit_finetune.models.stages), freeze specs and BN holding (lit_finetune.optim.freezing), parameter groups."""
 
 import pytest
 import torch
 from torch import nn
 
-from lit_finetune.backbones import create_backbone
-from lit_finetune import finetuning
-from lit_finetune.freezing import freeze, freeze_patterns, hold_eval, is_held_in_eval, release_eval
-from lit_finetune.param_groups import apply_lr_scales, parameter_groups
-from lit_finetune.stages import backbone_stages
+from lit_finetune.models.backbones import create_backbone
+from lit_finetune.optim.freezing import freeze, freeze_patterns, hold_eval, is_held_in_eval, release_eval
+from lit_finetune.optim.param_groups import apply_lr_scales, parameter_groups
+from lit_finetune.models.stages import backbone_stages
 
 # First module of each stage (relative to the backbone), by family, from the documented table.
 EXPECTED_STAGE_STARTS = {
@@ -197,11 +196,3 @@ def test_parameter_groups_without_norm_bias_split() -> None:
     separate = parameter_groups(model, backbone_stages(model.backbone), no_weight_decay_norm_bias=False, keep_separate=["backbone.stage4"])
     assert [g["name"] for g in separate] == ["head+backbone.stage0-3", "backbone.stage4"]
     assert {id(p) for p in separate[1]["params"]} == {id(p) for p in model.backbone.layer4.parameters()}
-
-
-def test_old_module_reexports_every_name() -> None:
-    from lit_finetune import feature_cache, freezing, lr_finder, param_groups, stages
-
-    for name in finetuning.__all__:
-        homes = [m for m in (stages, freezing, param_groups, feature_cache, lr_finder) if name in vars(m)]
-        assert len(homes) == 1 and getattr(finetuning, name) is getattr(homes[0], name), name

@@ -11,10 +11,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from lit_finetune.freezing import is_held_in_eval
-from lit_finetune.lr_finder import suggest_lr
-from lit_finetune.module import FinetuneClassifier
-from lit_finetune.schedulers import WarmupCosineLR
+from lit_finetune.optim.freezing import is_held_in_eval
+from lit_finetune.optim.lr_finder import suggest_lr
+from lit_finetune.modules.classifier import FinetuneClassifier
+from lit_finetune.optim.schedulers import WarmupCosineLR
 from tiny_images import TinyImages
 
 pytestmark = pytest.mark.usefixtures("one_thread")

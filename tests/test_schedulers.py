@@ -1,11 +1,11 @@
-"""Tests of lit_finetune.schedulers: values at chosen steps, per-group scales, late groups, resume."""
+"""Tests of lit_finetune.optim.schedulers: values at chosen steps, per-group scales, late groups, resume."""
 
 import math
 
 import pytest
 import torch
 
-from lit_finetune.schedulers import StepDecayLR, WarmupCosineLR
+from lit_finetune.optim.schedulers import StepDecayLR, WarmupCosineLR
 
 
 def _optimizer(*lrs: float) -> torch.optim.Optimizer:

@@ -14,9 +14,9 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader
 
 from lit_finetune.callbacks.unfreeze import UnfreezeSchedule, held_stage_groups
-from lit_finetune.module import FinetuneClassifier
-from lit_finetune.param_groups import parameter_groups
-from lit_finetune.schedulers import WarmupCosineLR
+from lit_finetune.modules.classifier import FinetuneClassifier
+from lit_finetune.optim.param_groups import parameter_groups
+from lit_finetune.optim.schedulers import WarmupCosineLR
 from tiny_images import TinyImages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -191,9 +191,9 @@ from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader, TensorDataset
 from lit_finetune import keys
 from lit_finetune.callbacks.unfreeze import UnfreezeSchedule, held_stage_groups
-from lit_finetune.module import FinetuneClassifier
-from lit_finetune.param_groups import parameter_groups
-from lit_finetune.schedulers import WarmupCosineLR
+from lit_finetune.modules.classifier import FinetuneClassifier
+from lit_finetune.optim.param_groups import parameter_groups
+from lit_finetune.optim.schedulers import WarmupCosineLR
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
-from lit_finetune.checkpoints import UnsafeCheckpointError
-from lit_finetune.module import FinetuneClassifier
+from lit_finetune.models.weights import UnsafeCheckpointError
+from lit_finetune.modules.classifier import FinetuneClassifier
 
 
 def reference_model(seed: int = 1) -> nn.Module:

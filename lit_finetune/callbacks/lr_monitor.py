@@ -19,7 +19,7 @@ class GroupedLearningRateMonitor(LearningRateMonitor):
     ``val/acc`` and ``val/loss`` are on the first screen.
 
     Charts are drawn only for groups whose values differ: a ``<name>.no_decay`` group (see
-    :func:`lit_finetune.param_groups.parameter_groups`) has the LR and momentum of its twin ``<name>``
+    :func:`lit_finetune.optim.param_groups.parameter_groups`) has the LR and momentum of its twin ``<name>``
     and a weight decay of 0, so when the twin is present its charts are left out. A plain recipe shows
     one LR, one momentum and one weight decay.
 

@@ -38,16 +38,16 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lit_finetune.freezing import hold_eval, release_eval
-from lit_finetune.param_groups import held_groups
-from lit_finetune.stages import backbone_stages
+from lit_finetune.optim.freezing import hold_eval, release_eval
+from lit_finetune.optim.param_groups import held_groups
+from lit_finetune.models.stages import backbone_stages
 
 log = logging.getLogger(__name__)
 
 
 def held_stage_groups(trainer: Optional[pl.Trainer]) -> list[str]:
     """Parts that the :class:`UnfreezeSchedule` callbacks of ``trainer`` hold, to pass as
-    ``keep_separate`` to :func:`lit_finetune.param_groups.parameter_groups` ([] without a trainer).
+    ``keep_separate`` to :func:`lit_finetune.optim.param_groups.parameter_groups` ([] without a trainer).
 
     Example::
 
@@ -59,10 +59,10 @@ def held_stage_groups(trainer: Optional[pl.Trainer]) -> list[str]:
 class UnfreezeSchedule(BaseFinetuning):
     """Unfreeze backbone stages at epoch milestones, from the output end towards the input.
 
-    Stages are those of :func:`lit_finetune.stages.backbone_stages` (``backbone.stage{i}`` in
+    Stages are those of :func:`lit_finetune.models.stages.backbone_stages` (``backbone.stage{i}`` in
     the module's parameter groups). Use it with ``freeze: none`` on the module: the callback freezes
     the stages it schedules and needs them in the optimizer, each stage in groups of its own
-    (pass :meth:`group_names` as ``keep_separate`` to :func:`lit_finetune.param_groups.parameter_groups`).
+    (pass :meth:`group_names` as ``keep_separate`` to :func:`lit_finetune.optim.param_groups.parameter_groups`).
 
     Args:
         milestones: Epochs (0-based, increasing) at which stages are unfrozen. Before the first one

@@ -33,7 +33,7 @@ from torchvision.transforms.v2 import functional as F
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.backbones import available_backbones, resolve_weights
+from lit_finetune.models.backbones import available_backbones, resolve_weights
 from lit_finetune.data.base import FolderDataModule, check_val_fraction
 from lit_finetune.data.check import scan_once
 from lit_finetune.data.folder import BadImageError, list_images, load_rgb

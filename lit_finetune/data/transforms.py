@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
-from lit_finetune.backbones import DEFAULT_INPUT_SIZE, resolve_weights
+from lit_finetune.models.backbones import DEFAULT_INPUT_SIZE, resolve_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lit_finetune import keys
 from lit_finetune.data.datamodule import ImageFolderDataModule
-from lit_finetune.module import FinetuneClassifier
+from lit_finetune.modules.classifier import FinetuneClassifier
 
 CLASSES = ("circle", "square", "stripes")
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from lit_finetune import keys
 from lit_finetune.callbacks.nan_guard import NanGuard
-from lit_finetune.module import FinetuneClassifier
+from lit_finetune.modules.classifier import FinetuneClassifier
 
 from callback_helpers import make_datamodule, make_model, make_trainer
 

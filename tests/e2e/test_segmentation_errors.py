@@ -13,7 +13,7 @@ import yaml
 
 from lit_finetune.cli import find_user_error
 from lit_finetune.data.segmentation_demo import write_digit_segmentation
-from lit_finetune.segmentation import SegmentationModule
+from lit_finetune.modules.segmentation import SegmentationModule
 
 CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
 

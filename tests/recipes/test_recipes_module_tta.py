@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from lit_finetune import FinetuneClassifier, keys
 from lit_finetune.tasks import build_task
-from lit_finetune.tta import tta_logits, tta_views
+from lit_finetune.modules.tta import tta_logits, tta_views
 
 
 class SmallConvNet(FinetuneClassifier):

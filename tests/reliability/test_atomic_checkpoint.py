@@ -12,13 +12,13 @@ import time
 import torch
 from reliability_helpers import subprocess_env
 
-from lit_finetune.checkpoints import AtomicCheckpointIO, atomic_save
+from lit_finetune.models.weights import AtomicCheckpointIO, atomic_save
 from lit_finetune.cli import build_cli
 
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from lit_finetune.checkpoints import AtomicCheckpointIO
+    from lit_finetune.models.weights import AtomicCheckpointIO
     io = AtomicCheckpointIO()
     checkpoint = {"step": 1, "weights": torch.ones(64 * 1024 * 1024 // 4)}  # 64 MB: a write takes a while
     while True:

@@ -13,7 +13,7 @@ from lit_finetune.cli import main
 from lit_finetune.data.check import check_data
 from lit_finetune.data.datamodule import ImageFolderDataModule
 from lit_finetune.data.folder import load_rgb
-from lit_finetune.module import FinetuneClassifier
+from lit_finetune.modules.classifier import FinetuneClassifier
 from reliability_helpers import write_images
 
 

@@ -49,5 +49,5 @@ def test_print_config_shows_the_resolved_configuration(tmp_path, dataset, capsys
     assert printed["data"]["batch_size"] == 3 and printed["data"]["root"] == str(dataset)  # the user's values
     assert printed["data"]["bad_images"] == "skip" and printed["trainer"]["max_epochs"] == 10  # defaults
     assert printed["checkpoint"]["save_last"] is True and printed["interrupt_checkpoint"]["filename"] == "last-interrupted"
-    assert printed["trainer"]["plugins"] == [{"class_path": "lit_finetune.checkpoints.AtomicCheckpointIO"}]
+    assert printed["trainer"]["plugins"] == [{"class_path": "lit_finetune.models.weights.AtomicCheckpointIO"}]
     assert printed["model"]["optimizer"]["class_path"] == "torch.optim.AdamW"

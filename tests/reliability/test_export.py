@@ -12,7 +12,7 @@ import torch
 from lit_finetune import keys
 from lit_finetune.cli import main
 from lit_finetune.export import export_checkpoint, load_exported
-from lit_finetune.module import FinetuneClassifier
+from lit_finetune.modules.classifier import FinetuneClassifier
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from lit_finetune.backbones import create_backbone
-from lit_finetune.checkpoints import UnsafeCheckpointError, compare_state_dicts, load_state_dict_file, load_weights
-from lit_finetune.module import FinetuneClassifier
+from lit_finetune.models.backbones import create_backbone
+from lit_finetune.models.weights import UnsafeCheckpointError, compare_state_dicts, load_state_dict_file, load_weights
+from lit_finetune.modules.classifier import FinetuneClassifier
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_hidden_classifier_layer_of_another_shape_is_an_error_not_a_skipped_head
 
 
 def test_head_prefixes_are_the_final_layer_only():
-    from lit_finetune.checkpoints import head_prefixes_of
+    from lit_finetune.models.weights import head_prefixes_of
 
     assert head_prefixes_of(torchvision.models.alexnet())[0] == "classifier.6."
     assert head_prefixes_of(torchvision.models.resnet18())[0] == "fc."

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_finetune import keys
-from lit_finetune.segmentation import SegmentationModule
+from lit_finetune.modules.segmentation import SegmentationModule
 
 IGNORE = 255
 

@@ -28,11 +28,11 @@ from lit_finetune.export import (
     module_class_path,
     segmentation_preprocessing_of,
 )
-from lit_finetune.segmentation import SegmentationModule
+from lit_finetune.modules.segmentation import SegmentationModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SEGMENTATION_CLASS = "lit_finetune.segmentation.SegmentationModule"
+SEGMENTATION_CLASS = "lit_finetune.modules.segmentation.SegmentationModule"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_a_python_fit_checkpoint_names_its_module_class(python_ckpt):
     assert module_class_path(checkpoint) == SEGMENTATION_CLASS
     # The command line's class path wins; a checkpoint with neither (older ones) is a classifier's.
     assert module_class_path({"hyper_parameters": {"_class_path": "my.Model"}, "module_class": SEGMENTATION_CLASS}) == "my.Model"
-    assert module_class_path({"hyper_parameters": {}}) == "lit_finetune.module.FinetuneClassifier"
+    assert module_class_path({"hyper_parameters": {}}) == "lit_finetune.modules.classifier.FinetuneClassifier"
 
 
 def test_model_json_describes_the_segmentation_model(exported):

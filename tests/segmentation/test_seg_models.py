@@ -7,8 +7,8 @@ import torch
 import torchvision
 
 from lit_finetune import keys
-from lit_finetune.segmenters import EncoderDecoderSegmenter, TorchvisionSegmenter, build_segmenter, segmentation_models
-from lit_finetune.stages import backbone_stages
+from lit_finetune.models.segmenters import EncoderDecoderSegmenter, TorchvisionSegmenter, build_segmenter, segmentation_models
+from lit_finetune.models.stages import backbone_stages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

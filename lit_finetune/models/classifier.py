@@ -36,7 +36,7 @@ class ClassifierNetwork(nn.Module):
 
     Example::
 
-        from lit_finetune.backbones import create_backbone
+        from lit_finetune.models.backbones import create_backbone
         backbone, width = create_backbone("resnet18", None, 2)
         net = ClassifierNetwork(backbone, nn.Linear(width, 2))
         net(torch.randn(1, 3, 64, 64))["logits"].shape  # (1, 2)

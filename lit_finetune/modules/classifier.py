@@ -2,7 +2,7 @@
 
 Built to be subclassed: override ``build_backbone``, ``build_head``, ``forward``, ``compute_loss``
 or ``parameter_groups`` and keep the rest (metrics, logging, optimizer and scheduler wiring, shared with
-``SegmentationModule`` in ``lit_finetune.task_module.TaskLightningModule``).
+``SegmentationModule`` in ``lit_finetune.modules.base.TaskLightningModule``).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.backbones import MIN_INPUT_SIZE, create_backbone
+from lit_finetune.models.backbones import MIN_INPUT_SIZE, create_backbone
 from lit_finetune.data.transforms import default_preprocessing
-from lit_finetune.feature_cache import FeatureCache
-from lit_finetune.freezing import FreezeSpec
-from lit_finetune.heads import ClassifierHead
-from lit_finetune.networks import ClassifierNetwork
-from lit_finetune.task_module import LOSS_STATE_PREFIXES, TaskLightningModule, per_sample_copy
+from lit_finetune.optim.feature_cache import FeatureCache
+from lit_finetune.optim.freezing import FreezeSpec
+from lit_finetune.models.heads import ClassifierHead
+from lit_finetune.models.classifier import ClassifierNetwork
+from lit_finetune.modules.base import LOSS_STATE_PREFIXES, TaskLightningModule, per_sample_copy
 from lit_finetune.tasks import build_task
-from lit_finetune.tta import TTAMode, check_tta, tta_logits
+from lit_finetune.modules.tta import TTAMode, check_tta, tta_logits
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ The state (``last_epoch``, ``base_lrs``) is saved by ``state_dict`` and restored
 Example::
 
     >>> import torch
-    >>> from lit_finetune.schedulers import StepDecayLR
+    >>> from lit_finetune.optim.schedulers import StepDecayLR
     >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     >>> scheduler = StepDecayLR(optimizer, step_epochs=30)
     >>> for _ in range(30):

@@ -190,6 +190,6 @@ def backbone_stages(backbone: nn.Module) -> list[list[str]]:
     if missing or len(assigned) != len(set(assigned)):
         raise ValueError(
             f"The stage rule for {type(backbone).__name__} does not cover its parameters exactly once "
-            f"(left out: {missing[:5]}). Register a rule with lit_finetune.stages.register_stages."
+            f"(left out: {missing[:5]}). Register a rule with lit_finetune.models.stages.register_stages."
         )
     return stages

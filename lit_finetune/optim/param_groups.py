@@ -93,7 +93,7 @@ def parameter_groups(
     Args:
         model: The model; parameters outside the backbone form the ``head`` part.
         stages: Parameter names per backbone stage, relative to the backbone
-            (:func:`lit_finetune.stages.backbone_stages`).
+            (:func:`lit_finetune.models.stages.backbone_stages`).
         backbone_lr_mult: LR of the backbone relative to the head (0 keeps it fixed through the optimizer).
         layer_decay: Layer-wise LR decay; stage ``i`` of ``n`` gets ``backbone_lr_mult * layer_decay ** (n - i)``.
         no_weight_decay_norm_bias: Put norm-layer parameters, biases, tokens and position tables in
@@ -108,7 +108,7 @@ def parameter_groups(
     Example::
 
         >>> import torchvision
-        >>> from lit_finetune.stages import backbone_stages
+        >>> from lit_finetune.models.stages import backbone_stages
         >>> model = nn.Module()
         >>> model.backbone, model.head = torchvision.models.resnet18(num_classes=4), nn.Linear(512, 4)
         >>> model.backbone.fc = nn.Identity()

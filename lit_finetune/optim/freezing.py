@@ -1,7 +1,7 @@
 """Freeze specs and freezing, with BatchNorm layers of the frozen part held in eval mode.
 
 A freeze spec is ``"none"``, ``"backbone"`` (everything but the head), an int ``k`` (the first
-``k`` stages of :func:`lit_finetune.stages.backbone_stages`) or a list of glob patterns over module
+``k`` stages of :func:`lit_finetune.models.stages.backbone_stages`) or a list of glob patterns over module
 or parameter names (``["backbone.layer1*", "backbone.conv1"]``). :func:`freeze` turns a spec into
 ``requires_grad=False`` and, with ``train_bn=False``, holds BatchNorm layers of the frozen part in
 eval mode (:func:`hold_eval`) so their running statistics never move.

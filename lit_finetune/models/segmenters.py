@@ -33,9 +33,9 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from lit_finetune import keys
-from lit_finetune.backbones import available_backbones, check_backbone_name, create_backbone, is_weights_file, resolve_weights
-from lit_finetune.checkpoints import load_state_dict_file, load_weights
-from lit_finetune.stages import _find_rule, backbone_stages, register_stages
+from lit_finetune.models.backbones import available_backbones, check_backbone_name, create_backbone, is_weights_file, resolve_weights
+from lit_finetune.models.weights import load_state_dict_file, load_weights
+from lit_finetune.models.stages import _find_rule, backbone_stages, register_stages
 
 PROBE_SIZE = 128
 """Side of the blank image run once through an encoder to find its strides."""
@@ -221,7 +221,7 @@ def pyramid_nodes(model: nn.Module, probe_size: int = PROBE_SIZE) -> list[tuple[
     """``(module name, stride, channels)`` of the last stage output at each stride, finest first.
 
     A blank image is run once through ``model`` (a torchvision classifier) with hooks on the modules that
-    its stage rule names (:mod:`lit_finetune.stages`).
+    its stage rule names (:mod:`lit_finetune.models.stages`).
 
     Raises:
         ValueError: no stage gives an ``(N, C, H, W)`` map.

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
-from lit_finetune.checkpoints import WeightsReport, load_weights
+from lit_finetune.models.weights import WeightsReport, load_weights
 
 
 MIN_INPUT_SIZE = {"inception_v3": 75}

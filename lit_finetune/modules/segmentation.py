@@ -4,7 +4,7 @@ The same conventions as ``FinetuneClassifier``: dict batches in (``image``, ``ta
 dict outputs with ``logits`` ``(N, C, H, W)`` and per-sample losses for the callbacks, the configured
 loss optimized as configured, optimizer and scheduler callables, and freezing, per-stage LRs,
 layer-wise LR decay and unfreeze schedules through the same helpers; the loss, steps, logging, optimizer and
-checkpoint hooks are ``TaskLightningModule``'s (``lit_finetune.task_module``), shared with ``FinetuneClassifier``.
+checkpoint hooks are ``TaskLightningModule``'s (``lit_finetune.modules.base``), shared with ``FinetuneClassifier``.
 Override ``build_network``, ``forward``, ``loss_terms`` or ``parameter_groups`` in research code.
 """
 
@@ -19,11 +19,11 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.backbones import resolve_weights
+from lit_finetune.models.backbones import resolve_weights
 from lit_finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from lit_finetune.freezing import FreezeSpec
-from lit_finetune.segmenters import build_segmenter
-from lit_finetune.task_module import TaskLightningModule
+from lit_finetune.optim.freezing import FreezeSpec
+from lit_finetune.models.segmenters import build_segmenter
+from lit_finetune.modules.base import TaskLightningModule
 from lit_finetune.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)

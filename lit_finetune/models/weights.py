@@ -226,7 +226,7 @@ def head_prefixes_of(model: nn.Module) -> tuple[str, ...]:
         >>> head_prefixes_of(torchvision.models.vgg11())[0]
         'classifier.6.'
     """
-    from lit_finetune.backbones import find_final_layer  # backbones imports this module
+    from lit_finetune.models.backbones import find_final_layer  # backbones imports this module
 
     if isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(getattr(model, "head", None), nn.Module):
         return ("head.", *AUX_HEAD_PREFIXES)

@@ -1,0 +1,1 @@
+"""Optimization helpers: freezing, parameter groups, schedulers, the LR finder and the frozen-backbone feature cache."""
