@@ -161,10 +161,11 @@ def task_monitor(model) -> tuple[str, str | None]:
     else ``val/acc``.
     """
     model_class = model_class_of(model) if model is not None else None
-    if getattr(model_class, "checkpoint_monitor", None):
-        return model_class.checkpoint_monitor, getattr(model_class, "checkpoint_filename", None)
+    monitor = getattr(model_class, "checkpoint_monitor", None)
+    if monitor:
+        return str(monitor), getattr(model_class, "checkpoint_filename", None)
     options = (model.get("init_args") or model) if model is not None else {}
-    task = TASKS.get(options.get("task") if hasattr(options, "get") else None)
+    task = TASKS.get(str(options.get("task")))
     return (task.checkpoint_monitor if task is not None and task.checkpoint_monitor else DEFAULT_MONITOR), None
 
 

@@ -125,14 +125,14 @@ class SmoothedBCEWithLogitsLoss(nn.BCEWithLogitsLoss):
     """
 
     def __init__(
-        self, label_smoothing: float = 0.0, weight: Optional[Tensor] = None, pos_weight: Optional[Tensor] = None, reduction: str = "mean"
+        self, label_smoothing: float = 0.0, weight: Tensor | None = None, pos_weight: Tensor | None = None, reduction: str = "mean"
     ) -> None:
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
         super().__init__(weight=weight, reduction=reduction, pos_weight=pos_weight)
         self.label_smoothing = label_smoothing
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:  # noqa: A002 (torch's argument name)
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         e = self.label_smoothing
         return super().forward(input, target * (1 - e) + e / 2 if e > 0 else target)
 

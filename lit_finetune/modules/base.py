@@ -263,7 +263,7 @@ class TaskLightningModule(LightningModule):
         dropped = [name for name in self.task.eval_only_metrics if name in metrics]
         if not dropped:
             return metrics
-        kept = {name: metric for name, metric in metrics.items(keep_base=True) if name not in dropped}
+        kept: dict[str, Metric | MetricCollection] = {name: m for name, m in metrics.items(keep_base=True) if name not in dropped}
         return MetricCollection(kept, compute_groups=False)
 
     def _epoch_loss_metric(self, stage: str) -> Metric:

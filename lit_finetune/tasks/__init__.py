@@ -4,4 +4,17 @@ from lit_finetune.tasks.base import Prediction, Task, TaskModule, has_soft_targe
 from lit_finetune.tasks.classification import TASKS, BinaryTask, MulticlassTask, MultilabelTask, build_task
 from lit_finetune.tasks.segmentation import SegmentationTask, build_segmentation_task
 
-__all__ = ["TASKS", "BinaryTask", "MulticlassTask", "MultilabelTask", "Prediction", "SegmentationTask", "Task", "TaskModule", "build_segmentation_task", "build_task", "has_soft_targets", "task_of"]
+__all__ = [
+    "TASKS",
+    "BinaryTask",
+    "MulticlassTask",
+    "MultilabelTask",
+    "Prediction",
+    "SegmentationTask",
+    "Task",
+    "TaskModule",
+    "build_segmentation_task",
+    "build_task",
+    "has_soft_targets",
+    "task_of",
+]

@@ -160,7 +160,9 @@ class BinaryTask(MulticlassTask):
 
     def __init__(self, num_classes: int = 2, class_names: Sequence[str] | None = None, threshold: float = 0.5) -> None:
         if num_classes not in (1, 2):
-            raise ValueError(f"task 'binary' needs num_classes 1 or 2 (one output), got {num_classes}. Use task='multiclass' for more classes.")
+            raise ValueError(
+                f"task 'binary' needs num_classes 1 or 2 (one output), got {num_classes}. Use task='multiclass' for more classes."
+            )
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}.")
         Task.__init__(self, num_classes, class_names)
@@ -297,7 +299,6 @@ class MultilabelTask(Task):
 
     def build_metrics(self) -> MetricCollection:
         n = self.num_classes
-        names = [self.class_label(i) for i in range(n)]
         return MetricCollection(
             {
                 "map": MultilabelAveragePrecision(num_labels=n, average="macro"),
@@ -363,7 +364,7 @@ class MultilabelTask(Task):
         ]
 
 
-TASKS = {"multiclass": MulticlassTask, "multilabel": MultilabelTask, "binary": BinaryTask}
+TASKS: dict[str, type[Task]] = {"multiclass": MulticlassTask, "multilabel": MultilabelTask, "binary": BinaryTask}
 
 
 def build_task(name: str, num_classes: int, class_names: Sequence[str] | None = None, threshold: float | Sequence[float] = 0.5) -> Task:

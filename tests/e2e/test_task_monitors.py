@@ -25,10 +25,29 @@ def write_config(path: Path, task: str, data: list[str]) -> Path:
 
 def run_args(tmp_path: Path, config: Path) -> list[str]:
     return [
-        "fit", "--config", str(config), "--data.image_size", "32", "--data.resize_size", "32", "--data.batch_size", "8",
-        "--data.num_workers", "0", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "fit",
+        "--config",
+        str(config),
+        "--data.image_size",
+        "32",
+        "--data.resize_size",
+        "32",
+        "--data.batch_size",
+        "8",
+        "--data.num_workers",
+        "0",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
     ]
 
 
@@ -44,7 +63,11 @@ def multilabel_config(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("task, metric", [("multilabel", "map"), ("binary", "auroc")])
 def test_a_config_without_checkpoint_section_keeps_the_best_task_metric(task: str, metric: str, tmp_path: Path, image_folder: Path) -> None:
-    config = multilabel_config(tmp_path) if task == "multilabel" else write_config(tmp_path / "binary.yaml", "binary", [f"  root: {image_folder}"])
+    config = (
+        multilabel_config(tmp_path)
+        if task == "multilabel"
+        else write_config(tmp_path / "binary.yaml", "binary", [f"  root: {image_folder}"])
+    )
     main(run_args(tmp_path, config))
     folder = checkpoints(tmp_path)
     assert list(folder.glob(f"epoch0?-{metric}*.ckpt")), sorted(p.name for p in folder.iterdir())

@@ -78,8 +78,13 @@ def test_every_logged_epoch_metric_equals_sklearn(task: str, tmp_path) -> None:
     model = planted_module(task)
     report, test_report = ClassificationReport(), TestReport(dirpath=str(tmp_path))
     trainer = Trainer(
-        accelerator="cpu", devices=1, logger=TensorBoardLogger(str(tmp_path)), callbacks=[report, test_report],
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(str(tmp_path)),
+        callbacks=[report, test_report],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
     trainer.validate(model, loader(task), verbose=False)
     assert_logged(trainer, reference_metrics(task, "val"))

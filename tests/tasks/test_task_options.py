@@ -56,7 +56,9 @@ def test_pos_weight_auto_names_the_labels_of_one_kind() -> None:
         with pytest.raises(ValueError, match="'defect'"):
             binary.class_weights(counts, 8)
     with pytest.raises(ValueError, match="'defect'"):  # through the module, as the command line fills class_counts in
-        FinetuneClassifier(num_classes=2, task="binary", class_names=["ok", "defect"], backbone="resnet18", pos_weight="auto", class_counts=[8, 0])
+        FinetuneClassifier(
+            num_classes=2, task="binary", class_names=["ok", "defect"], backbone="resnet18", pos_weight="auto", class_counts=[8, 0]
+        )
 
 
 def write_fastai_csv(root: Path, column: str, values: list[str]) -> Path:
@@ -72,12 +74,20 @@ def write_fastai_csv(root: Path, column: str, values: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("values", [["False", "True", "False", "True", "False"], ["0", "1", "0", "1", "0"], ["no", "YES", "no", "yes", "no"]])
+@pytest.mark.parametrize(
+    "values", [["False", "True", "False", "True", "False"], ["0", "1", "0", "1", "0"], ["no", "YES", "no", "yes", "no"]]
+)
 def test_a_boolean_split_column_marks_validation_rows(tmp_path: Path, values: list[str]) -> None:
     path = write_fastai_csv(tmp_path, "is_valid", values)
     dm = ImageFolderDataModule(
-        str(tmp_path), labels_csv=str(path), image_column="fname", split_column="is_valid", task="multilabel",
-        num_workers=0, image_size=16, check_images=False,
+        str(tmp_path),
+        labels_csv=str(path),
+        image_column="fname",
+        split_column="is_valid",
+        task="multilabel",
+        num_workers=0,
+        image_size=16,
+        check_images=False,
     )
     assert sorted(Path(p).name for p, _ in dm.val_samples) == ["1.png", "3.png"]
     assert sorted(Path(p).name for p, _ in dm.train_samples) == ["0.png", "2.png", "4.png"]
@@ -86,8 +96,16 @@ def test_a_boolean_split_column_marks_validation_rows(tmp_path: Path, values: li
 def test_a_split_column_mixing_words_and_booleans_is_an_error(tmp_path: Path) -> None:
     path = write_fastai_csv(tmp_path, "split", ["train", "val", "1", "train", "val"])
     with pytest.raises(ValueError, match=r"line 4: '1'"):
-        ImageFolderDataModule(str(tmp_path), labels_csv=str(path), image_column="fname", split_column="split", task="multilabel",
-                              num_workers=0, image_size=16, check_images=False)
+        ImageFolderDataModule(
+            str(tmp_path),
+            labels_csv=str(path),
+            image_column="fname",
+            split_column="split",
+            task="multilabel",
+            num_workers=0,
+            image_size=16,
+            check_images=False,
+        )
 
 
 def test_average_precision_is_left_out_of_training() -> None:
