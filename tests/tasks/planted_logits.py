@@ -6,14 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    f1_score,
-    log_loss,
-    roc_auc_score,
-    top_k_accuracy_score,
-)
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -86,6 +78,9 @@ def probabilities(task: str, logits: Tensor) -> np.ndarray:
 
 def reference_metrics(task: str, stage: str = "val") -> dict[str, float]:
     """Every metric the module logs for ``stage`` (``val`` or ``test``) over the planted samples, computed by scikit-learn."""
+    # Imported here: the two DDP processes import this module and need no scikit-learn.
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score, log_loss, roc_auc_score, top_k_accuracy_score
+
     logits, targets = planted(task)
     p, y = probabilities(task, logits), targets.numpy()
     if task == "binary":
