@@ -18,7 +18,7 @@ from lit_finetune.callbacks import (
     UnfreezeSchedule,
 )
 from lit_finetune.models.weights import AtomicCheckpointIO, UnsafeCheckpointError, load_state_dict_file, load_weights
-from lit_finetune.data import ImageFolderDataModule, SegmentationDataModule
+from lit_finetune.data import ClassificationDataModule, ImageFolderDataModule, SegmentationDataModule
 from lit_finetune.data.check import check_data
 from lit_finetune.export import export_checkpoint, load_exported
 from lit_finetune.models.heads import ClassifierHead
@@ -37,6 +37,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "BestWorstSamples",
     "ClassificationReport",
+    "ClassificationDataModule",
     "ClassifierHead",
     "DataTiming",
     "EncoderDecoderSegmenter",

@@ -102,13 +102,13 @@ def preprocessing_of(checkpoint: dict[str, Any], model: nn.Module | None = None)
     """
     if model is not None and getattr(getattr(model, "task", None), "dense", False):
         return segmentation_preprocessing_of(checkpoint)
-    from lit_finetune.data.datamodule import ImageFolderDataModule
+    from lit_finetune.data.datamodule import ClassificationDataModule
     from lit_finetune.data.transforms import default_preprocessing
 
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     if data:
-        pre = ImageFolderDataModule._preprocessing(
+        pre = ClassificationDataModule._preprocessing(
             data.get("backbone"), data.get("weights"), data.get("image_size"), data.get("resize_size"), data.get("mean"), data.get("std")
         )
     else:

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from lit_finetune import keys
+from lit_finetune.tasks.targets import Target
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -108,16 +109,6 @@ def load_rgb(path: str, max_side: int | None = None) -> Image.Image:
         except Exception:  # a malformed EXIF block: keep the pixels as stored
             pass
         return to_rgb(img)
-
-
-Target = int | tuple[float, ...]
-"""A sample's target as stored: a class index (multiclass), or floats (multi-hot for multilabel, ``(0.0,)`` /
-``(1.0,)`` for binary) that the dataset returns as a float tensor."""
-
-
-def binary_targets(samples: Sequence[tuple[str, int]]) -> list[tuple[str, Target]]:
-    """Folder samples of two classes as binary samples: class index 1 is the positive class."""
-    return [(path, (float(target),)) for path, target in samples]
 
 
 class ImageDataset(Dataset):
