@@ -17,7 +17,6 @@ A sample is a dict: ``image`` (float ``(3, H, W)``, normalized), ``target`` (int
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +48,7 @@ from lit_finetune.data.masks import (
     to_target,
 )
 from lit_finetune.data.segmentation_demo import write_digit_segmentation
+from lit_finetune.data.splits import seeded_split
 from lit_finetune.data.transforms import Preprocessing, default_preprocessing
 
 log = logging.getLogger(__name__)
@@ -283,12 +283,10 @@ def collate_same_size(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 def split_pairs(pairs: list[tuple[str, str]], val_fraction: float, seed: int) -> tuple[list, list]:
     """A seeded random split: ``val_fraction`` of the pairs (at least one) for validation."""
-    items = sorted(pairs)
-    random.Random(seed).shuffle(items)
-    n_val = max(1, round(len(items) * val_fraction))
-    if n_val >= len(items):
-        raise ValueError(f"{len(items)} image/mask pairs are too few to hold out a validation set: add images, or a val/ folder.")
-    return sorted(items[n_val:]), sorted(items[:n_val])
+    val, train = seeded_split(pairs, val_fraction, seed)
+    if not train:
+        raise ValueError(f"{len(pairs)} image/mask pairs are too few to hold out a validation set: add images, or a val/ folder.")
+    return train, val
 
 
 class SegmentationDataModule(FolderDataModule):
