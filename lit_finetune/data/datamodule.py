@@ -12,6 +12,8 @@ from torch import nn
 from torch.utils.data import Sampler
 from typing_extensions import override
 
+from lit_finetune.data import transforms as tfm
+
 # MAX_AUTO_WORKERS and auto_num_workers stay importable from here.
 from lit_finetune.data.base import MAX_AUTO_WORKERS, FolderDataModule, auto_num_workers, check_val_fraction  # noqa: F401
 from lit_finetune.data.check import find_bad_images_once, format_report
@@ -19,7 +21,6 @@ from lit_finetune.data.class_folders import ClassFolderSource
 from lit_finetune.data.csv_source import LabelsCsvSource
 from lit_finetune.data.demo_source import DEMOS, DemoSource
 from lit_finetune.data.folder import ImageDataset
-from lit_finetune.data import transforms as tfm
 from lit_finetune.data.labelled import LabelledSplits, subset
 from lit_finetune.data.mixing import BatchMixer, MixingCollate
 from lit_finetune.data.sampling import BalancedSampler, balanced_weights, describe_balance, expected_draws
