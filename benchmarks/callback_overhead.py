@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from lit_finetune.callbacks.best_worst import BestWorstSamples
-from lit_finetune.callbacks.classification_report import ClassificationReport
+from lit_finetune.callbacks.classification_report import ValidationReport
 from lit_finetune.callbacks.data_timing import DataTiming
 from lit_finetune.callbacks.gradcam import GradCAM
 from lit_finetune.callbacks.gradient_stats import GradientStats
@@ -50,7 +50,7 @@ def write_images(root: Path, classes: int, per_class: int, size: int) -> None:
 
 
 def diagnostics() -> list[Callback]:
-    return [BestWorstSamples(), GradientStats(), NanGuard(), GradCAM(), ClassificationReport(), DataTiming(), HParamsSummary()]
+    return [BestWorstSamples(), GradientStats(), NanGuard(), GradCAM(), ValidationReport(), DataTiming(), HParamsSummary()]
 
 
 class TrainTimer(Callback):

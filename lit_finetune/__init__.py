@@ -5,6 +5,7 @@ from lit_finetune.models.backbones import available_backbones, create_backbone
 from lit_finetune.callbacks import (
     BestWorstSamples,
     ClassificationReport,
+    ValidationReport,
     DataTiming,
     GradCAM,
     GradientStats,
@@ -74,4 +75,5 @@ __all__ = [
     "register_stages",
     "segmentation_models",
     "suggest_lr",
+    "ValidationReport",
 ]

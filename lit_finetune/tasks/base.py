@@ -1,4 +1,5 @@
-"""The task interface: what a module and the callbacks ask of a task, and what callbacks ask of a module.
+"""The task interface: what a module and the callbacks ask of a task, and what callbacks ask of a module
+(:class:`TaskModuleProtocol`).
 
 A task object owns everything that differs between multiclass, multilabel and binary classification:
 how targets are checked and shaped for the loss, the default loss, what a prediction is, the metrics,
@@ -143,11 +144,12 @@ class Task(ABC):
 
 
 @runtime_checkable
-class TaskModule(Protocol):
-    """What the diagnostics callbacks need from a LightningModule.
+class TaskModuleProtocol(Protocol):
+    """What the diagnostics callbacks need from a LightningModule (a ``typing.Protocol``: nothing to inherit; the
+    shared base class of the shipped modules is :class:`~lit_finetune.modules.base.TaskLightningModule`).
 
-    ``FinetuneClassifier`` satisfies it; a subclass or a new module that provides these attributes works
-    with ``BestWorstSamples``, ``GradCAM``, ``ClassificationReport`` and ``PredictionCSVWriter``.
+    ``FinetuneClassifier`` and ``SegmentationModule`` satisfy it; a subclass or a new module that provides these attributes works
+    with ``BestWorstSamples``, ``GradCAM``, ``ValidationReport`` and ``PredictionCSVWriter``.
 
     Attributes:
         task: the :class:`Task` object (predictions, captions, metrics).
@@ -167,12 +169,16 @@ class TaskModule(Protocol):
     backbone_name: str
 
 
+TaskModule = TaskModuleProtocol
+"""The former name of :class:`TaskModuleProtocol`."""
+
+
 def task_of(pl_module: Any, user: str) -> Task:
     """The task of ``pl_module``, or a clear error naming what the module lacks."""
     task = getattr(pl_module, "task", None)
     if not isinstance(task, Task):
         raise TypeError(
             f"{user} needs a module with a `task` attribute holding a lit_finetune.tasks.Task "
-            f"(see lit_finetune.tasks.TaskModule); {type(pl_module).__name__} has {type(task).__name__}."
+            f"(see lit_finetune.tasks.TaskModuleProtocol); {type(pl_module).__name__} has {type(task).__name__}."
         )
     return task

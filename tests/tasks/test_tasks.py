@@ -75,3 +75,11 @@ def test_errors_name_the_fix() -> None:
         build_task("binary", 5)
     with pytest.raises(ValueError, match="one per class"):
         MultilabelTask(3, threshold=[0.5, 0.5])
+
+
+def test_binary_is_not_a_multiclass_task() -> None:
+    from lit_finetune.tasks import BinaryTask, MulticlassTask, SingleLabelTask
+
+    task = BinaryTask(2, ["no", "yes"], threshold=0.3)
+    assert not isinstance(task, MulticlassTask) and isinstance(task, SingleLabelTask)
+    assert task.threshold == 0.3 and task.class_names == ["no", "yes"]
