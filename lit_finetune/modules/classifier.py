@@ -13,7 +13,6 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -211,19 +210,9 @@ class FinetuneClassifier(TaskLightningModule):
         if pos_weight is not None and self.task.name == "multiclass":
             raise ValueError("`pos_weight` is for tasks 'multilabel' and 'binary'; task 'multiclass' takes `class_weights`.")
         value = class_weights if class_weights is not None else pos_weight
-        if value is None:
-            return None
-        if value == "auto":
-            counts = self.hparams.class_counts
-            if not counts:
-                raise ValueError("'auto' loss weights need `class_counts` (filled in from the data by the command line; give them in Python).")
-            weight = self.task.class_weights(counts, int(self._num_train_samples(counts)))
-            rank_zero_info(f"Loss weights from the training label counts {list(counts)}: {[round(float(w), 4) for w in weight]}")
-            return weight
-        weight = torch.as_tensor(value, dtype=torch.float32)
-        if len(weight) != self.num_outputs:
-            raise ValueError(f"{len(weight)} loss weights given for {self.num_outputs} outputs: give one per class.")
-        return weight
+        counts = self.hparams.class_counts
+        # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
+        return self.task.loss_weight(value, counts, getattr(self.hparams, "num_train_samples", None), "training label")
 
     @override
     def _has_aux_loss(self, stage: str) -> bool:
@@ -250,11 +239,6 @@ class FinetuneClassifier(TaskLightningModule):
         return batch[keys.TARGET]  # as the data gives it (binary: (N,)); the loss alone gets the prepared one
 
     # ------------------------------------------------------------------ helpers
-    def _num_train_samples(self, counts: list[int]) -> int:
-        total = getattr(self.hparams, "num_train_samples", None)
-        # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
-        return int(total) if total else int(sum(counts))
-
     def _cached_forward(self, batch: dict, stage: str) -> dict[str, Tensor]:
         """Logits from cached features (computed with the frozen backbone on first sight)."""
         cache, images, index = self.feature_caches[stage], batch[keys.IMAGE], batch[keys.INDEX]

@@ -188,19 +188,7 @@ class SegmentationModule(TaskLightningModule):
     # ------------------------------------------------------------------ hooks of TaskLightningModule
     @override
     def _loss_weight(self) -> Tensor | None:
-        value = self.hparams.class_weights
-        if value is None:
-            return None
-        if value == "auto":
-            counts = self.hparams.class_counts
-            if not counts:
-                raise ValueError("class_weights='auto' needs `class_counts` (labeled pixels per class); give them or give the weights.")
-            weight = self.task.class_weights(counts, int(sum(counts)))
-            log.info("Loss weights from the pixel counts %s: %s", list(counts), [round(float(w), 4) for w in weight])
-            return weight
-        if len(value) != self.num_outputs:
-            raise ValueError(f"{len(value)} class weights given for {self.num_outputs} classes: give one per class.")
-        return torch.as_tensor(value, dtype=torch.float32)
+        return self.task.loss_weight(self.hparams.class_weights, self.hparams.class_counts, None, "pixel")
 
     @override
     def _has_aux_loss(self, stage: str) -> bool:

@@ -83,3 +83,26 @@ def test_binary_is_not_a_multiclass_task() -> None:
     task = BinaryTask(2, ["no", "yes"], threshold=0.3)
     assert not isinstance(task, MulticlassTask) and isinstance(task, SingleLabelTask)
     assert task.threshold == 0.3 and task.class_names == ["no", "yes"]
+
+
+def test_loss_weight_auto_is_one_path_logged_on_rank_zero_only(caplog, monkeypatch) -> None:
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero
+
+    task = MulticlassTask(2)
+    with caplog.at_level(logging.INFO):
+        weight = task.loss_weight("auto", [18, 2], counted="pixel")
+    torch.testing.assert_close(weight, torch.tensor([20 / (2 * 18), 20 / (2 * 2)]))  # inverse frequency, by hand
+    assert "Loss weights from the pixel counts [18, 2]" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(rank_zero.rank_zero_only, "rank", 1)
+    with caplog.at_level(logging.INFO):
+        BinaryTask(2).loss_weight("auto", [18, 2])
+    assert "Loss weights" not in caplog.text
+    assert MultilabelTask(3).loss_weight("auto", [1, 4, 0], num_samples=5).tolist() == [4.0, 0.25, 5.0]  # (5 - p) / max(p, 1)
+    assert task.loss_weight(None, None) is None
+    with pytest.raises(ValueError, match="need `class_counts`"):
+        task.loss_weight("auto", None)
+    with pytest.raises(ValueError, match="3 loss weights given for 2 outputs"):
+        task.loss_weight([1.0, 2.0, 3.0], None)
