@@ -24,7 +24,8 @@ from lit_finetune.data.folder import ImageDataset
 from lit_finetune.data.labelled import LabelledSplits, subset
 from lit_finetune.data.mixing import BatchMixer, MixingCollate
 from lit_finetune.data.sampling import BalancedSampler, balanced_weights, describe_balance, expected_draws
-from lit_finetune.data.transforms import Augment, Preprocessing, default_preprocessing
+from lit_finetune.data.transforms import Augment
+from lit_finetune.models.preprocessing import configured_preprocessing
 from lit_finetune.tasks.classification import task_type
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class ClassificationDataModule(FolderDataModule):
         self.task = task
         self._set_loader_options(batch_size, num_workers, pin_memory, persistent_workers, predict_root)
         self._read_samples(self._source(demo, labels_csv, val_fraction, split_seed), split_seed)
-        self.preprocessing = self._preprocessing(backbone, weights, image_size, resize_size, mean, std)
+        self.preprocessing = configured_preprocessing(backbone, weights, image_size, resize_size, mean, std)
         self.eval_transform = eval_transform or tfm.eval_transform(self.preprocessing)
         self.train_transform = self._train_transform(train_transform)
         self.mixer = BatchMixer(mixup_alpha, cutmix_alpha, self.num_classes, self.task_type) if mixup_alpha or cutmix_alpha else None
@@ -251,13 +252,6 @@ class ClassificationDataModule(FolderDataModule):
         weights = balanced_weights(targets, self.task_type)
         draws = expected_draws(targets, self.task_type, weights, self.num_classes)
         rank_zero_info(describe_balance(self._count_names(), self.class_counts, draws))
-
-    @staticmethod
-    def _preprocessing(backbone, weights, image_size, resize_size, mean, std) -> Preprocessing:
-        pre = default_preprocessing(backbone, weights)
-        crop = image_size or pre.crop_size
-        resize = resize_size or (round(crop * pre.resize_size / pre.crop_size) if image_size else pre.resize_size)
-        return Preprocessing(resize, crop, tuple(mean or pre.mean), tuple(std or pre.std), pre.interpolation)
 
     def _drop_bad_images(self) -> None:
         """Scan all samples once; skip the unreadable ones or raise, as ``bad_images`` says."""

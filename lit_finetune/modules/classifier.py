@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.models.backbones import MIN_INPUT_SIZE, create_backbone
-from lit_finetune.data.transforms import default_preprocessing
+from lit_finetune.models.preprocessing import weights_preprocessing
 from lit_finetune.optim.feature_cache import FeatureCache
 from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.models.heads import ClassifierHead
@@ -162,7 +162,7 @@ class FinetuneClassifier(TaskLightningModule):
         # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self._init_task(build_task(task, num_classes, class_names, threshold), backbone, weights, optimizer, lr_scheduler)
-        pre = default_preprocessing(backbone, weights)
+        pre = weights_preprocessing(backbone, weights)
         self._init_normalization(image_mean, image_std, (pre.mean, pre.std))
         self.min_input_size = MIN_INPUT_SIZE.get(backbone, 32)
 
