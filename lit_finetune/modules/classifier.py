@@ -24,7 +24,7 @@ from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.models.heads import ClassifierHead
 from lit_finetune.models.classifier import ClassifierNetwork
 from lit_finetune.modules.base import LOSS_STATE_PREFIXES, TaskLightningModule, per_sample_copy
-from lit_finetune.tasks import build_task
+from lit_finetune.tasks import build_task, loss_weight
 from lit_finetune.modules.tta import TTAMode, check_tta, tta_logits
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class FinetuneClassifier(TaskLightningModule):
         value = class_weights if class_weights is not None else pos_weight
         counts = self.hparams.class_counts
         # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
-        return self.task.loss_weight(value, counts, getattr(self.hparams, "num_train_samples", None), "training label")
+        return loss_weight(self.task, value, counts, getattr(self.hparams, "num_train_samples", None), "training label")
 
     @override
     def _has_aux_loss(self, stage: str) -> bool:

@@ -23,6 +23,7 @@ from lit_finetune.models.preprocessing import weights_preprocessing
 from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.models.segmenters import build_segmenter
 from lit_finetune.modules.base import TaskLightningModule
+from lit_finetune.tasks.base import loss_weight
 from lit_finetune.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class SegmentationModule(TaskLightningModule):
     # ------------------------------------------------------------------ hooks of TaskLightningModule
     @override
     def _loss_weight(self) -> Tensor | None:
-        return self.task.loss_weight(self.hparams.class_weights, self.hparams.class_counts, None, "pixel")
+        return loss_weight(self.task, self.hparams.class_weights, self.hparams.class_counts, None, "pixel")
 
     @override
     def _has_aux_loss(self, stage: str) -> bool:

@@ -1,7 +1,7 @@
 """The task layer: one object per task (targets, default loss, predictions, metrics, captions)."""
 
-from lit_finetune.tasks.base import Prediction, Task, TaskModule, TaskModuleProtocol, task_of
+from lit_finetune.tasks.base import Prediction, Task, TaskModule, TaskModuleProtocol, loss_weight, task_of
 from lit_finetune.tasks.classification import TASKS, BinaryTask, MulticlassTask, MultilabelTask, SingleLabelTask, build_task, task_type
 from lit_finetune.tasks.segmentation import SegmentationTask, build_segmentation_task
 
-__all__ = ["TASKS", "BinaryTask", "MulticlassTask", "MultilabelTask", "Prediction", "SingleLabelTask", "SegmentationTask", "Task", "TaskModule", "TaskModuleProtocol", "build_segmentation_task", "build_task", "task_of", "task_type"]
+__all__ = ["TASKS", "BinaryTask", "MulticlassTask", "MultilabelTask", "Prediction", "SingleLabelTask", "SegmentationTask", "Task", "TaskModule", "TaskModuleProtocol", "build_segmentation_task", "build_task", "loss_weight", "task_of", "task_type"]

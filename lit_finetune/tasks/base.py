@@ -72,36 +72,6 @@ class Task(ABC):
     def class_weights(self, class_counts: Sequence[int], num_samples: int) -> Tensor:
         """Loss weights from the training label counts (``class_weights: auto`` / ``pos_weight: auto``)."""
 
-    def loss_weight(
-        self, value: str | Sequence[float] | None, class_counts: Sequence[int] | None, num_samples: int | None = None, counted: str = "training label"
-    ) -> Tensor | None:
-        """The weight of the default loss for the option ``value``: None (unweighted), one weight per output, or
-        ``"auto"``: :meth:`class_weights` of ``class_counts``, logged once (rank zero).
-
-        Args:
-            value: the option (``class_weights`` or ``pos_weight``).
-            class_counts: the training counts ``"auto"`` needs (the command line fills them in from the data).
-            num_samples: what the counts are out of; None: their sum (counts that partition the samples).
-            counted: what the counts count, for the log line (``"training label"``, ``"pixel"``).
-
-        Raises:
-            ValueError: ``"auto"`` without counts, or a number of weights other than :attr:`num_outputs`.
-        """
-        if value is None:
-            return None
-        if isinstance(value, str):
-            if value != "auto":
-                raise ValueError(f"Loss weights are a list of numbers or 'auto', got {value!r}.")
-            if not class_counts:
-                raise ValueError("'auto' loss weights need `class_counts` (filled in from the data by the command line; give them in Python).")
-            weight = self.class_weights(class_counts, int(num_samples or sum(class_counts)))
-            rank_zero_info(f"Loss weights from the {counted} counts {list(class_counts)}: {[round(float(w), 4) for w in weight]}")
-            return weight
-        weight = torch.as_tensor(value, dtype=torch.float32)
-        if len(weight) != self.num_outputs:
-            raise ValueError(f"{len(weight)} loss weights given for {self.num_outputs} outputs: give one per class.")
-        return weight
-
     @abstractmethod
     def predict(self, logits: Tensor) -> Prediction:
         """Probabilities and predicted classes of ``logits``."""
@@ -173,6 +143,39 @@ class Task(ABC):
     @abstractmethod
     def prediction_row(self, prediction: Prediction, i: int) -> list[Any]:
         """Values of those columns for sample ``i``."""
+
+
+def loss_weight(
+    task: Task, value: str | Sequence[float] | None, class_counts: Sequence[int] | None, num_samples: int | None = None, counted: str = "training label"
+) -> Tensor | None:
+    """The weight of ``task``'s default loss for the option ``value``: None (unweighted), one weight per output,
+    or ``"auto"``: :meth:`Task.class_weights` of ``class_counts``, logged once (rank zero). The one path of
+    ``class_weights``/``pos_weight`` for every module.
+
+    Args:
+        task: the task.
+        value: the option (``class_weights`` or ``pos_weight``).
+        class_counts: the training counts ``"auto"`` needs (the command line fills them in from the data).
+        num_samples: what the counts are out of; None: their sum (counts that partition the samples).
+        counted: what the counts count, for the log line (``"training label"``, ``"pixel"``).
+
+    Raises:
+        ValueError: ``"auto"`` without counts, or a number of weights other than :attr:`Task.num_outputs`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"Loss weights are a list of numbers or 'auto', got {value!r}.")
+        if not class_counts:
+            raise ValueError("'auto' loss weights need `class_counts` (filled in from the data by the command line; give them in Python).")
+        weight = task.class_weights(class_counts, int(num_samples or sum(class_counts)))
+        rank_zero_info(f"Loss weights from the {counted} counts {list(class_counts)}: {[round(float(w), 4) for w in weight]}")
+        return weight
+    weight = torch.as_tensor(value, dtype=torch.float32)
+    if len(weight) != task.num_outputs:
+        raise ValueError(f"{len(weight)} loss weights given for {task.num_outputs} outputs: give one per class.")
+    return weight
 
 
 @runtime_checkable

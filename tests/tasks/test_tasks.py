@@ -90,19 +90,21 @@ def test_loss_weight_auto_is_one_path_logged_on_rank_zero_only(caplog, monkeypat
 
     from lightning.pytorch.utilities import rank_zero
 
+    from lit_finetune.tasks import loss_weight
+
     task = MulticlassTask(2)
     with caplog.at_level(logging.INFO):
-        weight = task.loss_weight("auto", [18, 2], counted="pixel")
+        weight = loss_weight(task, "auto", [18, 2], counted="pixel")
     torch.testing.assert_close(weight, torch.tensor([20 / (2 * 18), 20 / (2 * 2)]))  # inverse frequency, by hand
     assert "Loss weights from the pixel counts [18, 2]" in caplog.text
     caplog.clear()
     monkeypatch.setattr(rank_zero.rank_zero_only, "rank", 1)
     with caplog.at_level(logging.INFO):
-        BinaryTask(2).loss_weight("auto", [18, 2])
+        loss_weight(BinaryTask(2), "auto", [18, 2])
     assert "Loss weights" not in caplog.text
-    assert MultilabelTask(3).loss_weight("auto", [1, 4, 0], num_samples=5).tolist() == [4.0, 0.25, 5.0]  # (5 - p) / max(p, 1)
-    assert task.loss_weight(None, None) is None
+    assert loss_weight(MultilabelTask(3), "auto", [1, 4, 0], num_samples=5).tolist() == [4.0, 0.25, 5.0]  # (5 - p) / max(p, 1)
+    assert loss_weight(task, None, None) is None
     with pytest.raises(ValueError, match="need `class_counts`"):
-        task.loss_weight("auto", None)
+        loss_weight(task, "auto", None)
     with pytest.raises(ValueError, match="3 loss weights given for 2 outputs"):
-        task.loss_weight([1.0, 2.0, 3.0], None)
+        loss_weight(task, [1.0, 2.0, 3.0], None)
