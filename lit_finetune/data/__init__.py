@@ -4,7 +4,7 @@ from lit_finetune.data.class_folders import ClassFolderSource
 from lit_finetune.data.csv_source import LabelsCsvSource
 from lit_finetune.data.datamodule import ClassificationDataModule, ImageFolderDataModule
 from lit_finetune.data.demo_source import DemoSource
-from lit_finetune.data.labelled import LabelledSplits, split_validation, stratified_split
+from lit_finetune.data.labelled import LabelledSource, LabelledSplits, split_validation, stratified_split
 from lit_finetune.data.splits import seeded_split
 from lit_finetune.data.demo import write_digits
 from lit_finetune.data.folder import IMAGE_EXTENSIONS, ImageDataset, load_rgb, scan_image_folder
@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "ImageFolderDataModule",
+    "LabelledSource",
     "LabelledSplits",
     "LabelsCsvSource",
     "MixingCollate",

@@ -21,7 +21,7 @@ from lit_finetune.data.class_folders import ClassFolderSource
 from lit_finetune.data.csv_source import LabelsCsvSource
 from lit_finetune.data.demo_source import DEMOS, DemoSource
 from lit_finetune.data.folder import ImageDataset
-from lit_finetune.data.labelled import LabelledSplits, subset
+from lit_finetune.data.labelled import LabelledSource, subset
 from lit_finetune.data.mixing import BatchMixer, MixingCollate
 from lit_finetune.data.sampling import BalancedSampler, balanced_weights, describe_balance, expected_draws
 from lit_finetune.data.transforms import Augment
@@ -201,7 +201,7 @@ class ClassificationDataModule(FolderDataModule):
         """Number of training images (the total that multilabel ``class_counts`` are positives out of)."""
         return len(self.train_samples)
 
-    def _source(self, demo: str | None, labels_csv: str | None, val_fraction: float, seed: int) -> ClassFolderSource | LabelsCsvSource | DemoSource:
+    def _source(self, demo: str | None, labels_csv: str | None, val_fraction: float, seed: int) -> LabelledSource:
         """Where the labelled images come from: a demo (written first), a labels CSV, or class folders."""
         h = self.hparams
         csv = {"image_column": h.image_column, "label_column": h.label_column, "label_separator": h.label_separator, "class_columns": h.class_columns}
@@ -212,9 +212,9 @@ class ClassificationDataModule(FolderDataModule):
             return LabelsCsvSource(root=self.root, val_fraction=val_fraction, split_seed=seed, **csv)
         return ClassFolderSource(self.root, val_fraction, seed)
 
-    def _read_samples(self, source: ClassFolderSource | LabelsCsvSource | DemoSource, seed: int) -> None:
+    def _read_samples(self, source: LabelledSource, seed: int) -> None:
         """Class names and train/val/test samples of ``source`` (training: ``train_fraction`` of them), with targets for ``task``."""
-        splits: LabelledSplits = source.read(self.task_type)
+        splits = source.read(self.task_type)
         self._check_predict_root()
         fraction = self.hparams.train_fraction
         self.class_names, self.val_samples, self.test_samples = splits.class_names, splits.val, splits.test

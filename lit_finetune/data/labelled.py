@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from lit_finetune.data.splits import seeded_split
-from lit_finetune.tasks.targets import Target
+from lit_finetune.tasks.targets import ClassificationTargets, Target
 
 Sample = tuple[str, Target]
 """An image path and its stored target."""
@@ -21,11 +23,23 @@ class LabelledSplits:
     test: list[Sample]
 
 
-def _target(sample: Sample) -> Target:
+class LabelledSource(Protocol):
+    """A source of labelled images (class folders, a labels CSV, a demo): what the classification data module reads."""
+
+    def read(self, task: type[ClassificationTargets]) -> LabelledSplits:
+        """Class names and samples of each split, with targets encoded as ``task`` stores them."""
+        ...
+
+
+S = TypeVar("S", bound=tuple)
+"""A sample: a tuple whose second item is its target."""
+
+
+def _target(sample: tuple[Any, ...]) -> Hashable:
     return sample[1]
 
 
-def split_validation(samples: list[Sample], val_fraction: float, seed: int, stratified: bool = True) -> tuple[list[Sample], list[Sample]]:
+def split_validation(samples: Sequence[S], val_fraction: float, seed: int, stratified: bool = True) -> tuple[list[S], list[S]]:
     """``(train, val)``: ``val_fraction`` held out with ``seed``; ``stratified``: per class (samples of one label each,
     :attr:`~lit_finetune.tasks.targets.ClassificationTargets.single_label`), a class's only sample kept for training."""
     group = _target if stratified else None
@@ -33,7 +47,7 @@ def split_validation(samples: list[Sample], val_fraction: float, seed: int, stra
     return train, val
 
 
-def subset(samples: list[Sample], fraction: float, seed: int, stratified: bool = True) -> list[Sample]:
+def subset(samples: Sequence[S], fraction: float, seed: int, stratified: bool = True) -> list[S]:
     """``fraction`` of ``samples`` chosen with ``seed``; ``stratified``: per class, at least one each."""
     group = _target if stratified else None
     return seeded_split(samples, fraction, seed, group=group)[0]
