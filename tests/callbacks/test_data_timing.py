@@ -34,18 +34,18 @@ def test_fraction_and_throughput_from_known_sleeps():
         cb.on_train_batch_end(trainer, None, outputs, None, step)
     assert [step for step, _ in logger.rows] == [2, 4]
     for _, row in logger.rows:
-        assert row["perf/data_wait_fraction"] == pytest.approx(0.75, abs=0.08)
-        assert row["perf/data_wait_ms"] == pytest.approx(60, abs=15)
+        assert row["zz-perf/data_wait_fraction"] == pytest.approx(0.75, abs=0.08)
+        assert row["zz-perf/data_wait_ms"] == pytest.approx(60, abs=15)
         # 4 samples per batch on each of 2 ranks, one batch per 60 + 20 ms slept: 100 samples/s
-        assert row["perf/samples_per_sec"] == pytest.approx(8 / 0.08, rel=0.2)
+        assert row["zz-perf/samples_per_sec"] == pytest.approx(8 / 0.08, rel=0.2)
 
 
 def test_logged_in_a_real_run(full_run):
-    fractions = [e.value for e in full_run.events.Scalars("perf/data_wait_fraction")]
+    fractions = [e.value for e in full_run.events.Scalars("zz-perf/data_wait_fraction")]
     assert len(fractions) == 3 and all(0 < f < 1 for f in fractions)  # one window per step (every_n_steps=1)
-    rate = full_run.events.Scalars("perf/samples_per_sec")[-1].value
-    wait = full_run.events.Scalars("perf/data_wait_ms")[-1].value
-    step = full_run.events.Scalars("perf/step_ms")[-1].value
+    rate = full_run.events.Scalars("zz-perf/samples_per_sec")[-1].value
+    wait = full_run.events.Scalars("zz-perf/data_wait_ms")[-1].value
+    step = full_run.events.Scalars("zz-perf/step_ms")[-1].value
     assert rate == pytest.approx(8 / ((wait + step) / 1000), rel=1e-4)
 
 

@@ -31,7 +31,7 @@ def test_heatmaps_logged(full_run):
     assert cb.layer_name == "backbone.layer2"  # 32 px input: layer2 is the last map of at least 4x4
     assert cb.last_heatmaps.shape == (4, 1, 32, 32)
     assert 0 <= cb.last_heatmaps.min() and cb.last_heatmaps.max() <= 1
-    (event,) = full_run.events.Images("gradcam/val")
+    (event,) = full_run.events.Images("zz-gradcam/val")
     assert event.width == 2 + 4 * 34
 
 

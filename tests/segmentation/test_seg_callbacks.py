@@ -38,8 +38,8 @@ def test_the_loss_moves_down(fitted):
 
 def test_best_worst_logs_image_and_mask_overlays(fitted):
     tags = fitted["events"].Tags()["images"]
-    assert "best_worst/val/worst" in tags and "best_worst/train/best" in tags
-    image = fitted["events"].Images("best_worst/val/worst")[-1]
+    assert "zz-best_worst/val/worst" in tags and "zz-best_worst/train/best" in tags
+    image = fitted["events"].Images("zz-best_worst/val/worst")[-1]
     # Two samples, three tiles each (image, true mask, predicted mask), in one row.
     assert image.width > 5 * 32
     selected = fitted["best_worst"].selected["val"]["worst"]
@@ -51,14 +51,14 @@ def test_report_writes_pixel_confusion_and_iou_table(fitted):
     labeled = int((ShapesDataset(4, seed=1).masks != 255).sum())
     assert confusion.shape == (3, 3) and int(confusion.sum()) == labeled  # every labeled pixel once, ignored ones never
     tags = fitted["events"].Tags()
-    assert "report/iou/0" in tags["scalars"] and "report/confusion_matrix" in tags["images"]
-    assert any(t.startswith("report/iou_table") for t in tags["tensors"])
+    assert "zz-report/iou/0" in tags["scalars"] and "zz-report/confusion_matrix" in tags["images"]
+    assert any(t.startswith("zz-report/iou_table") for t in tags["tensors"])
 
 
 def test_gradient_stats_and_timing_log_as_for_classifiers(fitted):
     scalars = fitted["events"].Tags()["scalars"]
     assert any(t.startswith("grad") for t in scalars), scalars
-    assert "perf/data_wait_fraction" in scalars and "perf/samples_per_sec" in scalars, scalars
+    assert "zz-perf/data_wait_fraction" in scalars and "zz-perf/samples_per_sec" in scalars, scalars
 
 
 def test_gradcam_refuses_segmentation_before_training(tmp_path):

@@ -73,9 +73,9 @@ def test_callbacks_log_for_every_task(task: str, tmp_path: Path, one_thread) -> 
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     images, scalars = set(events.Tags()["images"]), set(events.Tags()["scalars"])
-    assert {"best_worst/val/worst", "best_worst/val/best", "gradcam/val"} <= images, images
-    assert any(t.startswith("report/auroc/") for t in scalars) and any(t.startswith("grad/") or "grad" in t for t in scalars)
-    assert ("report/confusion_matrix" in images) == (task != "multilabel")
+    assert {"zz-best_worst/val/worst", "zz-best_worst/val/best", "zz-gradcam/val"} <= images, images
+    assert any(t.startswith("zz-report/auroc/") for t in scalars) and any(t.startswith("zz-grad/") or "grad" in t for t in scalars)
+    assert ("zz-report/confusion_matrix" in images) == (task != "multilabel")
     expected = {"multiclass": {"val/acc", "val/f1"}, "binary": {"val/acc", "val/auroc", "val/f1"},
                 "multilabel": {"val/map", "val/f1_micro", "val/f1_macro", "val/exact_match", "val/ap/a", "val/f1/c"}}[task]
     assert expected <= scalars, scalars
