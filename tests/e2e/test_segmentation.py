@@ -33,12 +33,12 @@ def test_segmentation_quickstart_fits_and_predicts_masks_at_the_image_size(tmp_p
 
     predict = subprocess.run([CLI, "predict", *common, "--ckpt_path", "best"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
     assert predict.returncode == 0, predict.stdout[-3000:] + predict.stderr[-3000:]
-    masks = sorted((run / "predict" / "masks").glob("*.png"))
+    masks = sorted((run / "predict" / "best" / "masks").glob("*.png"))
     assert [m.name for m in masks] == [f"{i:05d}.png" for i in range(4)]  # the validation images, by name
     for mask in masks:
         png = Image.open(mask)
         assert png.mode == "P" and png.size == (64, 64)  # the image's size, not the 32 px input
         assert png.getpalette()[: 3 * 11] == [v for color in default_palette(11) for v in color]
         assert np.asarray(png).max() <= 10
-        overlay = Image.open(run / "predict" / "masks" / "overlays" / mask.name)
+        overlay = Image.open(run / "predict" / "best" / "masks" / "overlays" / mask.name)
         assert overlay.mode == "RGB" and overlay.size == (64, 64)
