@@ -3,7 +3,8 @@
 ``lit-finetune fit --config configs/quickstart.yaml`` trains; ``validate``, ``test`` and
 ``predict`` take the same config plus ``--ckpt_path``. Defaults added to every run: a
 TensorBoard logger under ``runs/``, ModelCheckpoint (best ``val/acc`` and ``last.ckpt``),
-a learning-rate monitor (with momentum and weight decay, under ``optim/``) and a CSV writer for ``predict``.
+a learning-rate monitor (with momentum and weight decay, under ``zz-optim/``) and a CSV writer for ``predict``.
+``predict`` runs without a logger and writes into ``<run>/predict/<checkpoint>/`` (see :func:`predict_folder`).
 Each is configurable: ``--checkpoint.monitor val/loss``, ``--lr_monitor.logging_interval step``,
 ``--predictions.output_path preds.csv``.
 
