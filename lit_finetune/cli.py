@@ -497,9 +497,9 @@ def run_subcommand(argv: list[str], from_sys_argv: bool = False) -> None:
     if len(argv) > 1 and ("-h" in argv or "--help" in argv) and selected_classes(argv):
         try:
             build_cli(None if from_sys_argv else argv)
-        except SystemExit as done:
+        except SystemExit:
             print_selected_class_options(argv)
-            raise done
+            raise
     build_cli(None if from_sys_argv else argv)
 
 

@@ -46,7 +46,9 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         sub_dir: str | None = None,
         epoch_tag: str | None = EPOCH_TAG,
     ) -> None:
-        super().__init__(save_dir, name=name, version=version, log_graph=log_graph, default_hp_metric=default_hp_metric, prefix=prefix, sub_dir=sub_dir)
+        super().__init__(
+            save_dir, name=name, version=version, log_graph=log_graph, default_hp_metric=default_hp_metric, prefix=prefix, sub_dir=sub_dir
+        )
         self.epoch_tag = epoch_tag
 
     @override

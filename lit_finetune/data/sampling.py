@@ -109,7 +109,7 @@ class BalancedSampler(WeightedRandomSampler):
     def __init__(self, weights: Tensor | Sequence[float], num_samples: int | None = None, seed: int | None = None) -> None:
         weights = torch.as_tensor(weights, dtype=torch.float64)
         super().__init__(weights, num_samples if num_samples is not None else len(weights), replacement=True)
-        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else int(seed)
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else int(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

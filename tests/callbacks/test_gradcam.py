@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from callback_helpers import make_model
 from torch import nn
 
 from lit_finetune import FinetuneClassifier
 from lit_finetune.callbacks.gradcam import GradCAM, find_target_layer
-
-from callback_helpers import make_model
 
 
 def test_state_unchanged(full_run):

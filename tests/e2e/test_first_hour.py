@@ -45,6 +45,8 @@ def test_fresh_fit_is_quiet_and_best_and_last_checkpoints_work_by_name(tmp_path:
     assert best.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     (metric_named,) = [p for p in (run / "checkpoints").glob("epoch*.ckpt")]
     assert best.read_bytes() == metric_named.read_bytes()
+    # A quality floor: one epoch tells the two colour classes apart (chance: 0.5).
+    assert float(re.search(r"acc(\d\.\d+)\.ckpt", metric_named.name).group(1)) >= 0.9, metric_named.name
 
     validate = cli("validate", *quickstart(image_folder), "--ckpt_path", str(best), cwd=tmp_path)
     assert validate.returncode == 0, (validate.stdout + validate.stderr)[-3000:]

@@ -79,8 +79,25 @@ def test_tensorboard_order_helper_follows_tensorboards_rules() -> None:
 
 def test_fast_dev_run_writes_no_checkpoint(tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--data.root", str(image_folder), "--data.demo", "null",
-          "--data.num_workers", "0", "--data.batch_size", "8", "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--data.root",
+            str(image_folder),
+            "--data.demo",
+            "null",
+            "--data.num_workers",
+            "0",
+            "--data.batch_size",
+            "8",
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert not list(tmp_path.rglob("*.ckpt")), list(tmp_path.rglob("*.ckpt"))
 
 
@@ -108,7 +125,9 @@ def test_evaluation_restores_no_checkpoint_folder_state(tmp_path: Path) -> None:
         assert checkpoint.best_model_path == "a/best.ckpt"
 
 
-def test_tensorboard_shows_the_metrics_before_the_diagnostics(tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
+def test_tensorboard_shows_the_metrics_before_the_diagnostics(
+    tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch, one_thread
+) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config = yaml.safe_load((ROOT / "configs" / "diagnostics.yaml").read_text())
@@ -122,9 +141,31 @@ def test_tensorboard_shows_the_metrics_before_the_diagnostics(tmp_path: Path, im
     path = tmp_path / "diagnostics.yaml"
     path.write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(path), "--data.root", str(image_folder), "--data.demo", "null", "--data.num_workers", "0",
-          "--data.batch_size", "8", "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-          "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(path),
+            "--data.root",
+            str(image_folder),
+            "--data.demo",
+            "null",
+            "--data.num_workers",
+            "0",
+            "--data.batch_size",
+            "8",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+        ]
+    )
     events = EventAccumulator(str(tmp_path / "runs" / "diagnostics" / "version_0"), size_guidance={"tensors": 0})
     events.Reload()
     tags = [tag for kind, names in events.Tags().items() if isinstance(names, list) for tag in names]

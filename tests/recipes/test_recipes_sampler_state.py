@@ -65,4 +65,3 @@ def test_the_data_module_keeps_the_sampler_state_in_checkpoints(image_folder: Pa
     reference = BalancedSampler(balanced_weights(resumed.train_set.targets, "multiclass"), seed=11)
     reference.set_epoch(2)
     assert list(sampler) == list(reference)
-

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from seg_model_helpers import IGNORE, ShapesDataset, loader, tiny_module
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.nn import functional as F
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_finetune import BestWorstSamples, ClassificationReport, DataTiming, GradCAM, GradientStats, HParamsSummary, NanGuard
 
@@ -41,7 +41,6 @@ def fitted(tmp_path_factory):
         max_epochs=4, logger=TensorBoardLogger(str(tmp), name="seg"), callbacks=callbacks, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1, num_sanity_val_steps=0,
     )
-    losses = []
     trainer.fit(model, loader(ShapesDataset(8)), loader(ShapesDataset(4, seed=1)))
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0}).Reload()
     return {"trainer": trainer, "events": events, "best_worst": best_worst, "report": report, "model": model, "grad_norms": norms.norms}
@@ -94,8 +93,8 @@ def test_timing_counts_images_not_pixels(fitted):
     wait = {e.step: e.value for e in fitted["events"].Scalars("zz-perf/data_wait_ms")}
     step = {e.step: e.value for e in fitted["events"].Scalars("zz-perf/step_ms")}
     assert len(rows) == 8
-    for s in rows:
-        assert rows[s] * (wait[s] + step[s]) / 1000 == pytest.approx(4, rel=1e-3)
+    for s, rate in rows.items():
+        assert rate * (wait[s] + step[s]) / 1000 == pytest.approx(4, rel=1e-3)
 
 
 def test_gradcam_refuses_segmentation_before_training(tmp_path):
