@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ def test_segmentation_quickstart_fits_and_predicts_masks_at_the_image_size(tmp_p
         "--data.init_args.num_workers", "0", "--data.init_args.image_size", "32",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
     ]
-    env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     fit = subprocess.run([CLI, "fit", *common, "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
     assert fit.returncode == 0, fit.stdout[-3000:] + fit.stderr[-3000:]
     run = tmp_path / "runs" / "segmentation_quickstart" / "version_0"
