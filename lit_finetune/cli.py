@@ -22,12 +22,10 @@ import logging
 import os
 import re
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
-
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -40,6 +38,7 @@ from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
 from lit_finetune.callbacks.test_report import TestReport
 from lit_finetune.data.datamodule import ImageFolderDataModule
 from lit_finetune.modules.classifier import FinetuneClassifier
+from lit_finetune.option_links import option_links, refuse_linked_options
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -270,18 +269,8 @@ class FinetuneCLI(LightningCLI):
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         parser.add_lightning_class_args(TestReport, "test_report")  # acts in `test` only: test_report.csv/.md
-        # The data module picks default transforms from the model's weights ...
-        parser.link_arguments(f"{model}backbone", f"{data}backbone")
-        parser.link_arguments(f"{model}weights", f"{data}weights")
-        parser.link_arguments(f"{model}task", f"{data}task")
-        # ... and the model learns its classes from the data.
-        parser.link_arguments("data.num_classes", f"{model}num_classes", apply_on="instantiate")
-        parser.link_arguments("data.class_names", f"{model}class_names", apply_on="instantiate")
-        parser.link_arguments("data.class_counts", f"{model}class_counts", apply_on="instantiate")
-        parser.link_arguments("data.num_train_samples", f"{model}num_train_samples", apply_on="instantiate")
-        # Pictures in TensorBoard are de-normalized with the statistics the data was normalized with.
-        parser.link_arguments("data", f"{model}image_mean", compute_fn=lambda data: tuple(data.preprocessing.mean), apply_on="instantiate")
-        parser.link_arguments("data", f"{model}image_std", compute_fn=lambda data: tuple(data.preprocessing.std), apply_on="instantiate")
+        for link in option_links(self.subclass_mode_model):
+            link.add_to(parser, model, data)
         parser.add_argument(
             "--lr_find",
             type=bool,
@@ -313,6 +302,7 @@ class FinetuneCLI(LightningCLI):
         argv = sys.argv[1:] if args is None else args
         if isinstance(argv, list):
             FinetuneArgumentParser.config_paths = config_files(argv)
+            refuse_linked_options(parser, argv, option_links(self.subclass_mode_model))
         super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
@@ -374,8 +364,8 @@ def is_user_error(err: BaseException) -> bool:
     That is a ``ValueError``/``FileNotFoundError`` raised by a ``raise`` statement in this package's own
     code (the innermost frame is ours), or one of its own input errors (unsafe or bad files).
     """
-    from lit_finetune.models.weights import UnsafeCheckpointError
     from lit_finetune.data.folder import BadImageError
+    from lit_finetune.models.weights import UnsafeCheckpointError
 
     if isinstance(err, (UnsafeCheckpointError, BadImageError)):
         return True

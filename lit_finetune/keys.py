@@ -19,6 +19,10 @@ MIXED = "mixed"
 """``True`` in a training batch mixed by MixUp/CutMix (absent otherwise): its targets are not hard labels."""
 ORIGINAL_SIZE = "original_size"
 """Size of the image file, a long tensor ``(2,)`` = ``(height, width)`` (``(N, 2)`` in a batch); segmentation predict."""
+INPUT_SIZE = "input_size"
+"""Segmentation batches: ``(N, 2)`` size of each image before the batch was padded to one size (the model's input)."""
+MASK_SIZE = "mask_size"
+"""Segmentation batches: ``(N, 2)`` size of each mask before padding (with ``ignore_index``): where it is scored."""
 
 # Output keys of ``FinetuneClassifier.forward``.
 LOGITS = "logits"
