@@ -26,6 +26,7 @@ from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.models.segmenters import build_segmenter
 from lit_finetune.modules.base import TaskLightningModule
 from lit_finetune.tasks.segmentation import SegmentationTask
+from lit_finetune.tasks.segmentation_masks import mask_rule
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ class SegmentationModule(TaskLightningModule):
             used when ``weights`` is None.
         task: ``"multiclass"`` (softmax over ``num_classes`` maps) or ``"binary"`` (one sigmoid map, masks of 0/1).
         ignore_index: mask value of unlabeled pixels, left out of the default loss and the metrics (and the value
-            that pads masks of mixed sizes). Filled in from the data by the command line (``data.ignore_index``).
+            that pads masks of mixed sizes). Filled in from the data by the command line (``data.ignore_index``);
+            None: the data module's default, 255 for multiclass and -1 (padding only) for binary masks.
         decoder_channels: encoders only: widths of the U-Net decoder blocks, coarsest first.
         decoder_dropout: encoders only: dropout before the final 1x1 convolution.
         aux_loss_weight: weight of the auxiliary classifier's loss (fcn, deeplabv3 with a ResNet) in
@@ -135,7 +137,7 @@ class SegmentationModule(TaskLightningModule):
         weights: str | None = None,
         weights_backbone: str | None = None,
         task: Literal["multiclass", "binary"] = "multiclass",
-        ignore_index: int | None = 255,
+        ignore_index: int | None = None,
         decoder_channels: list[int] | None = None,
         decoder_dropout: float = 0.0,
         aux_loss_weight: float = 0.4,
@@ -173,6 +175,9 @@ class SegmentationModule(TaskLightningModule):
             raise ValueError(f"`palette` has {len(palette)} colours for {num_classes} classes: give one RGB triple per class.")
         # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        if ignore_index is None:  # resolved as the data module resolves it, and stored so (loggers compare the two)
+            ignore_index = mask_rule(task).ignore_index
+            self.save_hyperparameters({**self.hparams, "ignore_index": ignore_index})
         self._init_task(SegmentationTask(num_classes, class_names, task, ignore_index, threshold), backbone, weights, optimizer, lr_scheduler)
         self.palette: Palette | None = [tuple(int(v) for v in color) for color in palette] if palette is not None else None
         self._init_normalization(image_mean, image_std, weights_statistics(backbone, weights))
