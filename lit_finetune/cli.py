@@ -30,6 +30,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_finetune._noise import quiet_foreign_noise
+from lit_finetune.callbacks.batchnorm import BatchNormMomentum
 from lit_finetune.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from lit_finetune.callbacks.lr_monitor import GroupedLearningRateMonitor
 from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
@@ -269,6 +270,7 @@ class FinetuneCLI(LightningCLI):
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         parser.add_lightning_class_args(TestReport, "test_report")  # acts in `test` only: test_report.csv/.md
+        parser.add_lightning_class_args(BatchNormMomentum, "batchnorm")  # fit: warns when BatchNorm statistics barely move
         for link in option_links(self.subclass_mode_model):
             link.add_to(parser, model, data)
         parser.add_argument(
