@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lit_finetune.data.check import format_problems, map_in_threads  # noqa: F401 (format_problems: importable from here too)
+from lit_finetune.data.check import format_problems  # noqa: F401 (importable from here too)
 
 INDEX_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 """PIL modes read as class indices."""
@@ -122,11 +122,6 @@ def inspect_pair(image: str, mask: str) -> MaskInfo:
         return MaskInfo(mask, error=f"mask is {values.shape[0]}x{values.shape[1]} (HxW) but its image '{image}' is {size[0]}x{size[1]}")
     distinct, counts = np.unique(values, return_counts=True)
     return MaskInfo(mask, tuple(distinct.tolist()), tuple(counts.tolist()))
-
-
-def scan_masks(pairs: Sequence[tuple[str, str]], num_threads: int | None = None) -> list[MaskInfo]:
-    """:func:`inspect_pair` for every ``(image, mask)`` pair, in a thread pool (PNG decoding releases the GIL)."""
-    return map_in_threads(lambda pair: inspect_pair(*pair), pairs, num_threads, chunksize=32)
 
 
 def palette_image(mask: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> Image.Image:

@@ -12,10 +12,10 @@ import torch
 from lightning.pytorch import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "segmentation"))
-from seg_model_helpers import ShapesDataset, loader, tiny_module  # noqa: E402
+from seg_model_helpers import ShapesDataset, loader, tiny_module
 
-from lit_finetune import BatchNormMomentum  # noqa: E402
-from lit_finetune.callbacks.batchnorm import suggested_momentum, trained_batchnorms, updated_share  # noqa: E402
+from lit_finetune import BatchNormMomentum
+from lit_finetune.callbacks.batchnorm import suggested_momentum, trained_batchnorms, updated_share
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def test_binary_0_255_masks_train_from_the_documented_options_and_log_the_foregr
     path = tmp_path / "em.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    env.update({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})  # a checkout's code first
     fit = subprocess.run([CLI, "fit", "--config", str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert fit.returncode == 0, fit.stdout[-3000:] + fit.stderr[-3000:]
     assert "ignore_index" not in fit.stderr  # no pixel is taken for unlabelled
