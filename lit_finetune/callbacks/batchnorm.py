@@ -23,10 +23,8 @@ TARGET_SHARE = 0.95
 
 def trained_batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """BatchNorm layers that keep running statistics and train (a frozen layer held in eval mode never updates them)."""
-    return [
-        m for m in module.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and any(p.requires_grad for p in m.parameters(recurse=False))
-    ]
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [m for m in layers if not m.affine or any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
 def updated_share(momentum: float | None, passes: float) -> float:
