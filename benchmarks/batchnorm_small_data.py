@@ -54,12 +54,33 @@ def batch_statistics(model: SegmentationModule) -> SegmentationModule:
 
 def run(root: Path, momentum: float | None, epochs: int, seed: int) -> dict[str, float]:
     seed_everything(seed, verbose=False)
-    data = SegmentationDataModule(str(root), task="binary", backbone="mobilenet_v3_large", image_size=64, batch_size=8,
-                                  num_workers=0, hflip=False, crop_scale=(0.6, 1.0))
-    model = SegmentationModule(2, backbone="mobilenet_v3_large", task="binary", decoder_channels=[64, 32, 16, 16],
-                               optimizer=lambda p: torch.optim.AdamW(p, lr=0.003, weight_decay=0.01))
-    trainer = Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, callbacks=[BatchNormMomentum(momentum)])
+    data = SegmentationDataModule(
+        str(root),
+        task="binary",
+        backbone="mobilenet_v3_large",
+        image_size=64,
+        batch_size=8,
+        num_workers=0,
+        hflip=False,
+        crop_scale=(0.6, 1.0),
+    )
+    model = SegmentationModule(
+        2,
+        backbone="mobilenet_v3_large",
+        task="binary",
+        decoder_channels=[64, 32, 16, 16],
+        optimizer=lambda p: torch.optim.AdamW(p, lr=0.003, weight_decay=0.01),
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[BatchNormMomentum(momentum)],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, data)
@@ -82,8 +103,10 @@ def main() -> None:
         for momentum in (None, args.momentum):
             s = run(root, momentum, args.epochs, args.seed)
             label = "model's momentum (0.01)" if momentum is None else f"--batchnorm.momentum {momentum}"
-            print(f"{label:>26}: warned {bool(s['warned'])!s:5}  eval-mode mIoU {s['eval_miou']:.3f} Dice_fg {s['eval_dice_fg']:.3f}"
-                  f"  |  train-mode mIoU {s['train_miou']:.3f} Dice_fg {s['train_dice_fg']:.3f}")
+            print(
+                f"{label:>26}: warned {bool(s['warned'])!s:5}  eval-mode mIoU {s['eval_miou']:.3f} Dice_fg {s['eval_dice_fg']:.3f}"
+                f"  |  train-mode mIoU {s['train_miou']:.3f} Dice_fg {s['train_dice_fg']:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -118,4 +118,6 @@ def refuse_linked_options(parser: LightningArgumentParser, argv: list[str], link
     for link in links:
         if link.target in given:
             hint = f"set '{link.source}' instead" if link.settable else "the data module counts it"
-            parser.error(f"'{link.target}' is filled in from '{link.source}' by the command line and cannot be set ({given[link.target]}): {hint}.")
+            parser.error(
+                f"'{link.target}' is filled in from '{link.source}' by the command line and cannot be set ({given[link.target]}): {hint}."
+            )

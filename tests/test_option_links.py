@@ -76,11 +76,17 @@ def test_setting_the_filled_in_side_of_any_link_is_refused_naming_the_option_to_
         for argv in (["fit", "--config", str(in_config)], ["fit", f"--{section}{init_args}.{name}", "1"], ["fit", f"--{link.target}=1"]):
             with pytest.raises(Refused, match=f"'{link.target}' is filled in from '{link.source}'"):
                 refuse_linked_options(RecordingParser(), argv, option_links(subclass))
-    refuse_linked_options(RecordingParser(), ["fit", "--config", str(_config(pair, "data", "batch_size", tmp_path))], option_links(subclass))
+    refuse_linked_options(
+        RecordingParser(), ["fit", "--config", str(_config(pair, "data", "batch_size", tmp_path))], option_links(subclass)
+    )
 
 
-@pytest.mark.parametrize(("pair", "target", "source"), [("segmentation", "data.task", "model.task"), ("classification", "model.num_classes", "data.num_classes")])
-def test_the_command_line_exits_2_with_one_short_message(pair: str, target: str, source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("pair", "target", "source"), [("segmentation", "data.task", "model.task"), ("classification", "model.num_classes", "data.num_classes")]
+)
+def test_the_command_line_exits_2_with_one_short_message(
+    pair: str, target: str, source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     section, _, name = target.partition(".")
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(_config(pair, section, name, tmp_path))])

@@ -59,14 +59,18 @@ def list_pairs(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> list
     problems = []
     no_mask = sorted(str(images[k]) for k in images.keys() - masks.keys())
     if no_mask:
-        problems.append(format_problems(f"images have no mask in '{masks_dir}' (a mask is named like its image{' + ' + repr(mask_suffix) if mask_suffix else ''})", no_mask))
+        problems.append(
+            format_problems(
+                f"images have no mask in '{masks_dir}' (a mask is named like its image{' + ' + repr(mask_suffix) if mask_suffix else ''})",
+                no_mask,
+            )
+        )
     no_image = sorted(str(masks[k]) for k in masks.keys() - images.keys())
     if no_image:
         problems.append(format_problems(f"masks have no image in '{images_dir}'", no_image))
     if problems:
         raise ValueError("\n".join(problems) + "\nAdd the missing files or remove the unmatched ones.")
     return [(str(images[k]), str(masks[k])) for k in sorted(images)]
-
 
 
 def split_pairs(pairs: list[tuple[str, str]], val_fraction: float, seed: int) -> tuple[list, list]:

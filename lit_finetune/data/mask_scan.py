@@ -76,8 +76,11 @@ def cached_scan(pairs: Sequence[tuple[str, str]], cache: str | Path | None, num_
     for i, info in zip(todo, map_in_threads(inspect_decoded, [pairs[i] for i in todo], num_threads, chunksize=32)):
         infos[i] = info
     if cache is not None and todo:
-        entries = {key: {"signature": sig, "values": list(info.values), "counts": list(info.counts)}
-                   for key, sig, info in zip(keys, signatures, infos) if info is not None and info.error is None}
+        entries = {
+            key: {"signature": sig, "values": list(info.values), "counts": list(info.counts)}
+            for key, sig, info in zip(keys, signatures, infos)
+            if info is not None and info.error is None
+        }
         _save(Path(cache), entries)
     log.info("Mask scan: %d of %d pairs read (the others unchanged since the cached scan)", len(todo), len(pairs))
     return [info for info in infos if info is not None]

@@ -78,7 +78,9 @@ def segmentation_train_transform(
         image, mask = t(tv_tensors.Image(uint8_chw), tv_tensors.Mask(long_hw))
     """
     if crop == "resized":
-        steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=crop_scale, ratio=crop_ratio, interpolation=interpolation, antialias=True)]
+        steps: list[v2.Transform] = [
+            v2.RandomResizedCrop(size, scale=crop_scale, ratio=crop_ratio, interpolation=interpolation, antialias=True)
+        ]
     elif crop == "crop":
         steps = [v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index})]
     else:
@@ -103,7 +105,11 @@ class SegmentationEvalTransform(nn.Module):
     """
 
     def __init__(
-        self, size: int | None, mean: Sequence[float], std: Sequence[float], interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR
+        self,
+        size: int | None,
+        mean: Sequence[float],
+        std: Sequence[float],
+        interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR,
     ) -> None:
         super().__init__()
         steps: list[v2.Transform] = [] if size is None else [v2.Resize(size, interpolation=interpolation, antialias=True)]

@@ -47,9 +47,11 @@ class ClassMasks:
 
     def __init__(self, ignore_index: int | None = None, positive_value: int | None = None) -> None:
         if positive_value is not None:
-            raise ValueError(f"`data.positive_value` ({positive_value}) is for binary masks (`model.task: binary`); leave it unset for class-index masks.")
+            raise ValueError(
+                f"`data.positive_value` ({positive_value}) is for binary masks (`model.task: binary`); leave it unset for class-index masks."
+            )
         self.ignore_index: int = MULTICLASS_IGNORE_INDEX if ignore_index is None else ignore_index
-        self.positive_value = positive_value
+        self.positive_value: int | None = positive_value
 
     def class_names(self, root: Path, class_names: Sequence[str] | None, num_classes: int | None) -> list[str]:
         """Names from the config, else ``root/classes.txt``, else ``"0"`` .. ``"C-1"``.
@@ -108,7 +110,9 @@ class BinaryMasks(ClassMasks):
 
     def __init__(self, ignore_index: int | None = None, positive_value: int | None = None) -> None:
         if positive_value is not None and positive_value in (0, ignore_index):
-            raise ValueError(f"`data.positive_value` ({positive_value}) must differ from the background 0 and from `data.ignore_index` ({ignore_index}).")
+            raise ValueError(
+                f"`data.positive_value` ({positive_value}) must differ from the background 0 and from `data.ignore_index` ({ignore_index})."
+            )
         self.ignore_index: int = BINARY_IGNORE_INDEX if ignore_index is None else ignore_index
         self.positive_value = positive_value
 
@@ -119,7 +123,9 @@ class BinaryMasks(ClassMasks):
             ValueError: ``num_classes`` is not 2, or another number of names is given.
         """
         if num_classes not in (None, 2):
-            raise ValueError(f"task 'binary' has 2 classes (background, foreground), not num_classes={num_classes}. Use `model.task: multiclass`.")
+            raise ValueError(
+                f"task 'binary' has 2 classes (background, foreground), not num_classes={num_classes}. Use `model.task: multiclass`."
+            )
         source, names = "data.class_names", list(class_names) if class_names else None
         if names is None and (found := read_classes_txt(root)) is not None:
             source, names = str(root / "classes.txt"), found
@@ -127,7 +133,9 @@ class BinaryMasks(ClassMasks):
 
     def _check_names(self, names: list[str], source: str) -> list[str]:
         if len(names) != 2:
-            raise ValueError(f"task 'binary' needs 2 classes (background, foreground); {source} names {len(names)}. Use `model.task: multiclass`.")
+            raise ValueError(
+                f"task 'binary' needs 2 classes (background, foreground); {source} names {len(names)}. Use `model.task: multiclass`."
+            )
         return names
 
     def _foreground(self, values: np.ndarray) -> np.ndarray:

@@ -23,8 +23,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def fit(callback: BatchNormMomentum) -> tuple[torch.nn.Module, list[str]]:
     model = tiny_module(backbone="mobilenet_v3_large", decoder_channels=[8, 8, 8, 8])
     data = ShapesDataset(n=8, size=32)
-    trainer = Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback])
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, loader(data, batch_size=4, shuffle=True))  # 2 batches x 2 epochs: 4 BatchNorm updates

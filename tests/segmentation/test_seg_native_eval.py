@@ -59,8 +59,11 @@ def hand_count(pairs: list[tuple[np.ndarray, np.ndarray]], num_classes: int, ign
     tp = np.diag(confusion).astype(float)
     union, total = confusion.sum(0) + confusion.sum(1) - tp, confusion.sum(0) + confusion.sum(1)
     occurs = total > 0
-    return {"miou": float((tp / np.maximum(union, 1))[occurs].mean()), "dice": float((2 * tp / np.maximum(total, 1))[occurs].mean()),
-            "pixel_acc": float(tp.sum() / confusion.sum())}
+    return {
+        "miou": float((tp / np.maximum(union, 1))[occurs].mean()),
+        "dice": float((2 * tp / np.maximum(total, 1))[occurs].mean()),
+        "pixel_acc": float(tp.sum() / confusion.sum()),
+    }
 
 
 def validate(model: SegmentationModule, dm: SegmentationDataModule) -> dict[str, float]:
@@ -100,8 +103,18 @@ def _config(tmp_path: Path, data: dict, model: dict | None = None) -> Path:
     config = {
         "trainer": {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False},
         "model": {"class_path": "test_seg_native_eval.ColourSegmenter", "init_args": {"decoder_channels": [8, 8, 8, 8], **(model or {})}},
-        "data": {"class_path": "lit_finetune.SegmentationDataModule",
-                 "init_args": {"root": str(tmp_path / "data"), "num_workers": 0, "batch_size": 2, "eval_size": None, "mean": [0, 0, 0], "std": [1, 1, 1], **data}},
+        "data": {
+            "class_path": "lit_finetune.SegmentationDataModule",
+            "init_args": {
+                "root": str(tmp_path / "data"),
+                "num_workers": 0,
+                "batch_size": 2,
+                "eval_size": None,
+                "mean": [0, 0, 0],
+                "std": [1, 1, 1],
+                **data,
+            },
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
