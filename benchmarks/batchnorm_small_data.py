@@ -8,7 +8,7 @@ the BatchNorm layers normalizing each batch by its own statistics ("train mode")
 running statistics stay near their initial values and eval mode falls behind; with ``--momentum`` they
 follow the data. Prints one line per setting.
 
-    python benchmarks/batchnorm_small_data.py [--epochs 12] [--momentum 0.1] [--seed 0]
+    python benchmarks/batchnorm_small_data.py [--epochs 12] [--momentum 0.1] [--seed 0] [--only model|fixed]
 """
 
 from __future__ import annotations
@@ -97,10 +97,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--momentum", type=float, default=0.1, help="the fixed run's BatchNorm momentum")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["model", "fixed"], default=None, help="run one of the two settings")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = binary_digits(Path(tmp))
-        for momentum in (None, args.momentum):
+        settings = {"model": [None], "fixed": [args.momentum], None: [None, args.momentum]}[args.only]
+        for momentum in settings:
             s = run(root, momentum, args.epochs, args.seed)
             label = "model's momentum (0.01)" if momentum is None else f"--batchnorm.momentum {momentum}"
             print(
