@@ -113,10 +113,10 @@ class SegmentationDataModule(FolderDataModule):
     """Images and masks on disk as train/val/test/predict dataloaders of dict samples.
 
     The folders are listed when the module is created (a missing folder, no images, an image without a
-    mask or a mask without an image are errors then); at ``setup`` every mask is read once (on global rank
-    0 under DDP) and a mask of another size than its image, an unreadable or RGB mask, and mask values
-    outside ``[0, num_classes)`` that are not ``ignore_index`` stop the run before training, every
-    offender counted and the first 20 listed.
+    mask or a mask without an image are errors then); at ``fit`` set-up every pair is checked once (on global
+    rank 0 under DDP; cached by file size and modification time) and a mask of another size than its image, an
+    unreadable or RGB mask, an image that does not decode, and mask values the task's rule refuses stop the
+    run before training, every offender counted and the first 20 listed.
 
     Args:
         root: the data folder (see the module docstring for the layouts).
