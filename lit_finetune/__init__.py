@@ -3,6 +3,7 @@
 from lit_finetune import keys
 from lit_finetune.models.backbones import available_backbones, create_backbone
 from lit_finetune.callbacks import (
+    BatchNormMomentum,
     BestWorstSamples,
     ClassificationReport,
     ValidationReport,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AtomicCheckpointIO",
+    "BatchNormMomentum",
     "BestWorstSamples",
     "ClassificationReport",
     "ClassificationDataModule",

@@ -24,16 +24,15 @@ import logging
 import os
 import re
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
-
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_finetune._noise import quiet_foreign_noise
+from lit_finetune.callbacks.batchnorm import BatchNormMomentum
 from lit_finetune.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from lit_finetune.callbacks.lr_monitor import GroupedLearningRateMonitor
 from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
@@ -42,6 +41,7 @@ from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
 from lit_finetune.callbacks.test_report import TestReport
 from lit_finetune.data.datamodule import ClassificationDataModule
 from lit_finetune.modules.classifier import FinetuneClassifier
+from lit_finetune.option_links import option_links, refuse_linked_options
 from lit_finetune.tasks import TASKS
 
 TRAINER_DEFAULTS = {
@@ -307,18 +307,9 @@ class FinetuneCLI(LightningCLI):
         parser.add_lightning_class_args(RNGStateCheckpoint, "rng_state")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         parser.add_lightning_class_args(TestReport, "test_report")  # acts in `test` only: test_report.csv/.md
-        # The data module picks default transforms from the model's weights ...
-        parser.link_arguments(f"{model}backbone", f"{data}backbone")
-        parser.link_arguments(f"{model}weights", f"{data}weights")
-        parser.link_arguments(f"{model}task", f"{data}task")
-        # ... and the model learns its classes from the data.
-        parser.link_arguments("data.num_classes", f"{model}num_classes", apply_on="instantiate")
-        parser.link_arguments("data.class_names", f"{model}class_names", apply_on="instantiate")
-        parser.link_arguments("data.class_counts", f"{model}class_counts", apply_on="instantiate")
-        parser.link_arguments("data.num_train_samples", f"{model}num_train_samples", apply_on="instantiate")
-        # Pictures in TensorBoard are de-normalized with the statistics the data was normalized with.
-        parser.link_arguments("data", f"{model}image_mean", compute_fn=lambda data: tuple(data.preprocessing.mean), apply_on="instantiate")
-        parser.link_arguments("data", f"{model}image_std", compute_fn=lambda data: tuple(data.preprocessing.std), apply_on="instantiate")
+        parser.add_lightning_class_args(BatchNormMomentum, "batchnorm")  # fit: warns when BatchNorm statistics barely move
+        for link in option_links(self.subclass_mode_model):
+            link.add_to(parser, model, data)
         parser.add_argument(
             "--lr_find",
             type=bool,
@@ -350,6 +341,7 @@ class FinetuneCLI(LightningCLI):
         argv = sys.argv[1:] if args is None else args
         if isinstance(argv, list):
             FinetuneArgumentParser.config_paths = config_files(argv)
+            refuse_linked_options(parser, argv, option_links(self.subclass_mode_model))
         super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
@@ -444,8 +436,8 @@ def is_user_error(err: BaseException) -> bool:
     code (the innermost frame is ours), or one of its own input errors (unsafe or bad files).
     """
     from lit_finetune.callbacks.resumable_checkpoint import MonitorNotLoggedError
-    from lit_finetune.models.weights import UnsafeCheckpointError
     from lit_finetune.data.folder import BadImageError
+    from lit_finetune.models.weights import UnsafeCheckpointError
 
     if isinstance(err, (UnsafeCheckpointError, BadImageError, MonitorNotLoggedError)):
         return True

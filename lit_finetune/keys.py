@@ -21,6 +21,10 @@ metrics skip it. A data set of your own with fractional binary or multilabel tar
 decide from this key and the target's shape, never by reading values on the device)."""
 ORIGINAL_SIZE = "original_size"
 """Size of the image file, a long tensor ``(2,)`` = ``(height, width)`` (``(N, 2)`` in a batch); segmentation predict."""
+INPUT_SIZE = "input_size"
+"""Segmentation batches: ``(N, 2)`` size of each image before the batch was padded to one size (the model's input)."""
+MASK_SIZE = "mask_size"
+"""Segmentation batches: ``(N, 2)`` size of each mask before padding (with ``ignore_index``): where it is scored."""
 
 # Output keys of ``FinetuneClassifier.forward``.
 LOGITS = "logits"

@@ -1,5 +1,6 @@
 """Lightning callbacks: diagnostics, fine-tuning schedules, checkpoints and prediction output. One a file."""
 
+from lit_finetune.callbacks.batchnorm import BatchNormMomentum
 from lit_finetune.callbacks.best_worst import BestWorstSamples
 from lit_finetune.callbacks.classification_report import ClassificationReport, ValidationReport
 from lit_finetune.callbacks.data_timing import DataTiming
@@ -16,6 +17,7 @@ from lit_finetune.callbacks.test_report import TestReport
 from lit_finetune.callbacks.unfreeze import UnfreezeSchedule
 
 __all__ = [
+    "BatchNormMomentum",
     "BestWorstSamples",
     "ClassificationReport",
     "DataTiming",

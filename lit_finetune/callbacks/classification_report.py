@@ -206,14 +206,19 @@ class ValidationReport(Callback):
             )
 
     def _log_iou_table(self, writer: Any, step: int, confusion: Tensor, names: list[str]) -> None:
-        """Segmentation: ``zz-report/iou/<class>`` scalars and ``zz-report/iou_table`` (IoU, Dice, pixels of each class)."""
+        """Segmentation: ``zz-report/iou/<class>`` scalars and ``zz-report/iou_table`` (IoU, Dice, pixels of each class, then
+        the means over the classes that occur: ``miou`` and ``dice``; binary: the foreground row is ``iou_fg``, ``dice_fg``)."""
         iou, dice = class_iou(confusion), class_dice(confusion)
         pixels = confusion.sum(dim=1)
+        foreground = 1 if getattr(self.task, "binary", False) else None
         rows = []
         for i, name in enumerate(names):
             if not bool(iou[i].isnan()):
                 writer.add_scalar(f"zz-report/iou/{name}", float(iou[i]), step)
-            rows.append(f"| {name} | {float(iou[i]):.4f} | {float(dice[i]):.4f} | {int(pixels[i])} | {int(confusion[:, i].sum())} |")
+            label = f"{name} (foreground: `iou_fg`, `dice_fg`)" if i == foreground else name
+            rows.append(f"| {label} | {float(iou[i]):.4f} | {float(dice[i]):.4f} | {int(pixels[i])} | {int(confusion[:, i].sum())} |")
+        mean_iou, mean_dice = (float(torch.nan_to_num(v.nanmean(), nan=0.0)) for v in (iou, dice))
+        rows.append(f"| mean over classes (`miou`, `dice`) | {mean_iou:.4f} | {mean_dice:.4f} | {int(pixels.sum())} | {int(confusion.sum())} |")
         header = "| class | IoU | Dice | true pixels | predicted pixels |\n|---|---|---|---|---|\n"
         writer.add_text("zz-report/iou_table", header + "\n".join(rows), step)
 

@@ -22,7 +22,8 @@ from lit_finetune.images.palette import default_palette, palette_image
 class SegmentationMaskWriter(BasePredictionWriter):
     """Write one mask per image: ``<output_dir>/<image stem>.png``, a palette PNG at the image's own size.
 
-    The logits of each image (``(C, h, w)`` at the model's input size) are resized to the image file's size
+    The logits of each image (``(C, h, w)`` at the model's input size, cropped to ``input_size`` when the batch
+    was padded to one size) are resized to the image file's size
     (``original_size`` of the predict output; bilinear), and the module's task turns them into class indices
     (``pl_module.task.predict(logits).pred``: the argmax, or sigmoid > 0.5 for one-channel binary logits). The
     PNG's pixel values are class indices (mode ``P``: any image viewer shows them in the data's colours, and
@@ -91,12 +92,14 @@ class SegmentationMaskWriter(BasePredictionWriter):
             raise TypeError(f"SegmentationMaskWriter needs a module whose `task.predict(logits)` gives masks; {type(pl_module).__name__} has none.")
         logits = prediction[keys.LOGITS]
         sizes = prediction.get(keys.ORIGINAL_SIZE)
+        inputs = prediction.get(keys.INPUT_SIZE)
         folder = self.folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         palette = self._palette(trainer, pl_module, logits.shape[1])
         for i, (index, path) in enumerate(zip(torch.as_tensor(prediction[keys.INDEX]).tolist(), prediction[keys.PATH])):
             size = tuple(int(v) for v in sizes[i]) if sizes is not None else tuple(logits.shape[-2:])
-            resized = F.interpolate(logits[i : i + 1].float(), size=size, mode="bilinear", align_corners=False)
+            crop = logits[i : i + 1] if inputs is None else logits[i : i + 1, :, : int(inputs[i][0]), : int(inputs[i][1])]  # padding off
+            resized = F.interpolate(crop.float(), size=size, mode="bilinear", align_corners=False)
             mask = task.predict(resized).pred[0].cpu().numpy()
             name = self._name(path, index)
             target = folder / f"{name}.png"

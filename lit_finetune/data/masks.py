@@ -3,8 +3,8 @@
 A mask is a single-channel PNG whose pixel values are class indices: an index PNG (mode ``L``, or ``I``/``I;16``
 for more than 256 classes), a palette PNG (mode ``P``, as in Pascal VOC: the stored palette indices are the
 classes, the colours only show them), or a 1-bit PNG. RGB masks are refused: a colour-coded RGB mask needs a
-colour-to-class table that the file does not carry. Binary masks hold 0/1 or 0/255; the latter are mapped to
-0/1 (see :func:`binary_positive_value`). ``ignore_index`` marks unlabelled pixels (VOC's 255 borders).
+colour-to-class table that the file does not carry. What the stored values mean (class indices, or background
+and foreground of binary masks) is the task's rule: :mod:`lit_finetune.tasks.segmentation_masks`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lit_finetune.data.check import format_problems, map_in_threads  # noqa: F401 (format_problems: importable from here too)
+from lit_finetune.data.check import format_problems  # noqa: F401 (importable from here too)
 from lit_finetune.images.palette import default_palette, palette_image, read_palette  # noqa: F401 (importable from here too)
 
 INDEX_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -66,17 +66,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
-def to_target(values: np.ndarray, binary: bool, positive_value: int, ignore_index: int) -> np.ndarray:
-    """Stored mask values as training targets: unchanged for multiclass; binary: ``positive_value`` -> 1,
-    ``ignore_index`` kept, anything else -> 0 (after the scan, only 0 is left)."""
-    if not binary or positive_value == 1:
-        return values
-    target = (values == positive_value).astype(np.int64)
-    if ignore_index != positive_value:
-        target[values == ignore_index] = ignore_index
-    return target
-
-
 @dataclass(frozen=True)
 class MaskInfo:
     """What the scan learned about one image/mask pair.
@@ -110,34 +99,3 @@ def inspect_pair(image: str, mask: str) -> MaskInfo:
     return MaskInfo(mask, tuple(distinct.tolist()), tuple(counts.tolist()))
 
 
-def scan_masks(pairs: Sequence[tuple[str, str]], num_threads: int | None = None) -> list[MaskInfo]:
-    """:func:`inspect_pair` for every ``(image, mask)`` pair, in a thread pool (PNG decoding releases the GIL)."""
-    return map_in_threads(lambda pair: inspect_pair(*pair), pairs, num_threads, chunksize=32)
-
-
-def binary_positive_value(infos: Sequence[MaskInfo], ignore_index: int) -> int:
-    """255 for 0/255 masks (some mask holds 255 and none holds 1), else 1.
-
-    With 0/255 masks, 255 is the positive class even when it is also ``ignore_index``: set another
-    ``ignore_index`` (such as 128) to mark unlabelled pixels in such masks.
-    """
-    values = {v for info in infos for v in info.values}
-    return 255 if 255 in values and 1 not in values else 1
-
-
-def allowed_values(num_classes: int, ignore_index: int, binary: bool, positive_value: int) -> set[int]:
-    """The stored values a mask may hold."""
-    return {0, positive_value, ignore_index} if binary else set(range(num_classes)) | {ignore_index}
-
-
-def mask_problems(infos: Sequence[MaskInfo], allowed: set[int]) -> list[str]:
-    """One line per unusable pair: its error, or the values it holds that are not allowed."""
-    problems = []
-    for info in infos:
-        if info.error is not None:
-            problems.append(f"{info.mask}: {info.error}")
-            continue
-        bad = [v for v in info.values if v not in allowed]
-        if bad:
-            problems.append(f"{info.mask}: values {bad[:10]}{' ...' if len(bad) > 10 else ''}")
-    return problems

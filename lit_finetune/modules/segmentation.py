@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -25,10 +26,29 @@ from lit_finetune.models.segmenters import build_segmenter
 from lit_finetune.modules.base import TaskLightningModule
 from lit_finetune.tasks.base import loss_weight
 from lit_finetune.tasks.segmentation import SegmentationTask
+from lit_finetune.tasks.segmentation_masks import mask_rule
 
 log = logging.getLogger(__name__)
 
 Palette = list[tuple[int, int, int]]
+
+
+def logits_at_mask_size(logits: Tensor, input_size: Tensor | None, mask_size: Tensor, out_size: tuple[int, int]) -> Tensor:
+    """Each image's logits cropped to its unpadded input and resized (bilinear) to its mask's size, in one batch.
+
+    Args:
+        logits: ``(N, C, h, w)`` logits of a (padded) batch of images.
+        input_size: ``(N, 2)`` height and width of each image before padding; None: the whole of ``logits``.
+        mask_size: ``(N, 2)`` height and width of each mask before padding.
+        out_size: the padded masks' ``(H, W)``; the logits beyond each mask's size are 0 (its padding is ignored).
+    """
+    out = logits.new_zeros(*logits.shape[:2], *out_size)
+    for i, (height, width) in enumerate(mask_size.tolist()):
+        crop = logits[i : i + 1] if input_size is None else logits[i : i + 1, :, : int(input_size[i, 0]), : int(input_size[i, 1])]
+        if crop.shape[-2:] != (height, width):
+            crop = F.interpolate(crop.float(), size=(height, width), mode="bilinear", align_corners=False).to(logits.dtype)
+        out[i, :, :height, :width] = crop[0]
+    return out
 
 
 class SegmentationModule(TaskLightningModule):
@@ -47,7 +67,9 @@ class SegmentationModule(TaskLightningModule):
         weights_backbone: torchvision segmentation models only: ImageNet weights name of their backbone,
             used when ``weights`` is None.
         task: ``"multiclass"`` (softmax over ``num_classes`` maps) or ``"binary"`` (one sigmoid map, masks of 0/1).
-        ignore_index: mask value of unlabeled pixels, left out of the default loss and the metrics.
+        ignore_index: mask value of unlabeled pixels, left out of the default loss and the metrics (and the value
+            that pads masks of mixed sizes). Filled in from the data by the command line (``data.ignore_index``);
+            None: the data module's default, 255 for multiclass and -1 (padding only) for binary masks.
         decoder_channels: encoders only: widths of the U-Net decoder blocks, coarsest first.
         decoder_dropout: encoders only: dropout before the final 1x1 convolution.
         aux_loss_weight: weight of the auxiliary classifier's loss (fcn, deeplabv3 with a ResNet) in
@@ -106,7 +128,7 @@ class SegmentationModule(TaskLightningModule):
         weights: str | None = None,
         weights_backbone: str | None = None,
         task: Literal["multiclass", "binary"] = "multiclass",
-        ignore_index: int | None = 255,
+        ignore_index: int | None = None,
         decoder_channels: list[int] | None = None,
         decoder_dropout: float = 0.0,
         aux_loss_weight: float = 0.4,
@@ -136,12 +158,17 @@ class SegmentationModule(TaskLightningModule):
     ) -> None:
         super().__init__()
         self._check_options(label_smoothing, head_lr, backbone_lr_mult, layer_decay)
+        if class_weights is not None and loss is not None:
+            raise ValueError(f"{self._loss_weight_options} configure the default loss; give them to your own `loss` instead.")
         if aux_loss_weight < 0:
             raise ValueError(f"`aux_loss_weight` must be >= 0 (0 removes the auxiliary head), got {aux_loss_weight}.")
         if palette is not None and len(palette) < num_classes:
             raise ValueError(f"`palette` has {len(palette)} colours for {num_classes} classes: give one RGB triple per class.")
         # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        if ignore_index is None:  # resolved as the data module resolves it, and stored so (loggers compare the two)
+            ignore_index = mask_rule(task).ignore_index
+            self.save_hyperparameters({**self.hparams, "ignore_index": ignore_index})
         self._init_task(SegmentationTask(num_classes, class_names, task, ignore_index, threshold), backbone, weights, optimizer, lr_scheduler)
         self.palette: Palette | None = [tuple(int(v) for v in color) for color in palette] if palette is not None else None
         pre = weights_preprocessing(backbone, weights, unknown_names=True)
@@ -179,7 +206,27 @@ class SegmentationModule(TaskLightningModule):
 
     # ------------------------------------------------------------------ hooks of TaskLightningModule
     @override
+    def _step_outputs(self, batch: dict, stage: str) -> dict[str, Tensor]:
+        # Scored where the user labelled: logits go to each mask's own size (evaluation keeps masks as stored;
+        # batches of mixed sizes are padded, and the padding is cropped off here).
+        outputs = self(batch[keys.IMAGE])
+        target = batch[keys.TARGET]
+        mask_size = batch.get(keys.MASK_SIZE)
+        if mask_size is None:
+            if outputs[keys.LOGITS].shape[-2:] == target.shape[-2:]:
+                return outputs
+            mask_size = torch.tensor([tuple(target.shape[-2:])] * len(target))
+        input_size = batch.get(keys.INPUT_SIZE)
+        frame = tuple(target.shape[-2:])
+        return {name: logits_at_mask_size(value, input_size, mask_size, frame) if name in (keys.LOGITS, keys.AUX_LOGITS) else value
+                for name, value in outputs.items()}
+
+    @override
     def _loss_weight(self) -> Tensor | None:
+        if self.hparams.class_weights == "auto" and not self.hparams.class_counts:
+            # The data module counts the pixels in its mask check at set-up: the weights are filled in then (`setup`).
+            self._weights_pending = True
+            return None
         return loss_weight(self.task, self.hparams.class_weights, self.hparams.class_counts, None, "pixel")
 
     @override
@@ -206,6 +253,8 @@ class SegmentationModule(TaskLightningModule):
     @override
     def setup(self, stage: str) -> None:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(self, "_weights_pending", False):
+            self._count_pixels(datamodule)
         palette = getattr(datamodule, "palette", None)
         if self.palette is None and palette:
             self.palette = [tuple(int(v) for v in color) for color in palette]
@@ -215,9 +264,19 @@ class SegmentationModule(TaskLightningModule):
                 # stored here, the palette also travels with the checkpoint.
                 self.save_hyperparameters({**self.hparams, "palette": given})
 
+    def _count_pixels(self, datamodule: Any) -> None:
+        """``class_weights: auto`` without ``class_counts``: take them from the data module's mask check."""
+        counts = datamodule.count_pixels() if hasattr(datamodule, "count_pixels") else getattr(datamodule, "class_counts", None)
+        if not counts:
+            raise ValueError("class_weights='auto' needs `class_counts` (labeled pixels per class): give them, give the weights, or keep `data.check_masks` on.")
+        self._weights_pending = False
+        self.save_hyperparameters({**self.hparams, "class_counts": list(counts)})
+        self._init_loss_and_metrics(None)
+
     @override
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        """``path``, ``index``, ``original_size`` (when the batch has it), ``logits`` at the input size and the task's ``prediction``."""
+        """``path``, ``index``, ``original_size`` (when the batch has it), ``input_size`` (each image before a batch
+        of mixed sizes was padded; None in unpadded batches), ``logits`` at the input size and the task's ``prediction``."""
         logits = self(batch[keys.IMAGE])[keys.LOGITS]
         images = batch[keys.IMAGE]
         size = batch.get(keys.ORIGINAL_SIZE)
@@ -227,6 +286,7 @@ class SegmentationModule(TaskLightningModule):
             keys.PATH: batch.get(keys.PATH),
             keys.INDEX: batch[keys.INDEX],
             keys.ORIGINAL_SIZE: size,
+            keys.INPUT_SIZE: batch.get(keys.INPUT_SIZE),
             keys.LOGITS: logits,
             keys.PREDICTION: self.task.predict(logits),
         }

@@ -9,6 +9,7 @@ default loss nor the metrics.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -19,7 +20,15 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 from lit_finetune.losses import BCEDiceLoss, CEDiceLoss
 from lit_finetune.tasks.base import Prediction, Task
-from lit_finetune.tasks.segmentation_metrics import ClassIoU, MeanDice, MeanIoU, PixelAccuracy, PixelConfusionMatrix
+from lit_finetune.tasks.segmentation_metrics import (
+    ClassIoU,
+    ForegroundDice,
+    ForegroundIoU,
+    MeanDice,
+    MeanIoU,
+    PixelAccuracy,
+    PixelConfusionMatrix,
+)
 
 SegmentationMode = Literal["multiclass", "binary"]
 
@@ -36,7 +45,8 @@ class SegmentationTask(Task):
         num_classes: number of classes (binary: 1 or 2; the model has one output map).
         class_names: names of the classes (binary with one name: the foreground).
         mode: ``"multiclass"`` or ``"binary"``.
-        ignore_index: mask value of unlabeled pixels; None: every pixel is labeled.
+        ignore_index: mask value of unlabeled pixels; None: every pixel is labeled. A class index is allowed
+            (with a warning: that class is then neither trained nor scored), except 0 and 1 of binary targets.
         threshold: binary only: the probability above which a pixel is foreground.
 
     Raises:
@@ -67,8 +77,11 @@ class SegmentationTask(Task):
             raise ValueError(f"num_classes={num_classes} is too small for multiclass segmentation (2 or more); use task='binary'.")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}.")
+        if mode == "binary" and ignore_index in (0, 1):
+            raise ValueError(f"ignore_index={ignore_index} is a class of binary targets (0 background, 1 foreground); use another value, e.g. 255.")
         if ignore_index is not None and 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index={ignore_index} is a class index (num_classes={num_classes}); use a value outside the classes, e.g. 255.")
+            # Allowed (ADE20K-style data ignores class 0), but that class is then never trained nor scored.
+            warnings.warn(f"ignore_index={ignore_index} is a class index (num_classes={num_classes}): that class is neither trained nor scored.", stacklevel=2)
         super().__init__(num_classes, class_names)
         self.mode = mode
         self.binary = mode == "binary"
@@ -133,6 +146,8 @@ class SegmentationTask(Task):
     def build_metrics(self) -> MetricCollection:
         n, ignore = self.num_labels, self.ignore_index
         metrics = {"miou": MeanIoU(n, ignore), "dice": MeanDice(n, ignore), "pixel_acc": PixelAccuracy(n, ignore)}
+        if self.binary:  # what users of a binary task read: the foreground's scores (the means above include the background)
+            metrics.update(iou_fg=ForegroundIoU(n, ignore), dice_fg=ForegroundDice(n, ignore))
         # One compute group: a single confusion matrix is updated for the three of them.
         return MetricCollection(metrics, compute_groups=[list(metrics)])
 

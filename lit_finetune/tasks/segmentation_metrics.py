@@ -130,3 +130,17 @@ class ClassIoU(PixelConfusionMatrix):
 
     def compute(self) -> Tensor:
         return class_iou(self.confmat).float()
+
+
+class ForegroundIoU(PixelConfusionMatrix):
+    """Binary segmentation: IoU of the foreground (class 1) over the epoch; 0 when neither target nor prediction has any."""
+
+    def compute(self) -> Tensor:
+        return torch.nan_to_num(class_iou(self.confmat)[1], nan=0.0).float()
+
+
+class ForegroundDice(PixelConfusionMatrix):
+    """Binary segmentation: Dice (F1) of the foreground (class 1) over the epoch; 0 when neither target nor prediction has any."""
+
+    def compute(self) -> Tensor:
+        return torch.nan_to_num(class_dice(self.confmat)[1], nan=0.0).float()

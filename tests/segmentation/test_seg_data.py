@@ -64,31 +64,32 @@ def test_crop_pads_masks_with_ignore_index(tmp_path: Path) -> None:
     assert sorted(mask[~padded].tolist()) == sorted(original.flatten().tolist())
 
 
-def test_evaluation_resizes_masks_with_nearest_or_keeps_full_resolution(tmp_path: Path) -> None:
-    write_split_root(tmp_path, num_classes=5)
+def test_evaluation_resizes_the_image_keeping_its_aspect_and_leaves_the_mask_as_stored(tmp_path: Path) -> None:
+    write_split_root(tmp_path, num_classes=5)  # 24x32 pairs
     fixed = module(tmp_path, num_classes=5, image_size=16)
     fixed.setup("validate")
-    target = fixed.val_set[0][keys.TARGET]
-    stored = read_mask(fixed.val_pairs[0][1])
-    assert target.shape == (16, 16) and set(target.unique().tolist()) <= set(np.unique(stored).tolist())
-    assert target[0, 0] == stored[0, 0] and target[-1, -1] == stored[-1, -1]
+    sample = fixed.val_set[0]
+    stored = torch.from_numpy(read_mask(fixed.val_pairs[0][1]))
+    assert sample[keys.IMAGE].shape == (3, 16, 21) and torch.equal(sample[keys.TARGET], stored)  # shorter side 16, aspect kept
     full = module(tmp_path, num_classes=5, eval_size=None)
     full.setup("validate")
     batch = next(iter(full.val_dataloader()))
-    assert batch[keys.IMAGE].shape == (2, 3, 24, 32) and torch.equal(batch[keys.TARGET][0], torch.from_numpy(stored))
-    assert batch[keys.ORIGINAL_SIZE].tolist() == [[24, 32], [24, 32]]
+    assert batch[keys.IMAGE].shape == (2, 3, 24, 32) and torch.equal(batch[keys.TARGET][0], stored)
+    assert batch[keys.ORIGINAL_SIZE].tolist() == batch[keys.INPUT_SIZE].tolist() == batch[keys.MASK_SIZE].tolist() == [[24, 32], [24, 32]]
 
 
-def test_full_resolution_batches_of_mixed_sizes_are_an_error_that_says_what_to_set(tmp_path: Path) -> None:
+def test_batches_of_mixed_sizes_are_padded_masks_with_ignore_index(tmp_path: Path) -> None:
     write_split_root(tmp_path)
     write_pairs(tmp_path / "val", 1, size=(20, 20), prefix="small")
-    dm = module(tmp_path, num_classes=3, eval_size=None, eval_batch_size=4)
+    dm = module(tmp_path, num_classes=3, eval_size=None, eval_batch_size=4, mean=(0, 0, 0), std=(1, 1, 1))
     dm.setup("validate")
-    with pytest.raises(ValueError, match="eval_batch_size: 1"):
-        next(iter(dm.val_dataloader()))
-    dm = module(tmp_path, num_classes=3, eval_size=None, eval_batch_size=1)
-    dm.setup("validate")
-    assert [b[keys.IMAGE].shape[-2:] for b in dm.val_dataloader()] == [(24, 32), (24, 32), (20, 20)]  # sorted by name: img000, img001, small000
+    batch = next(iter(dm.val_dataloader()))  # sorted by name: img000, img001, small000
+    assert batch[keys.IMAGE].shape == (3, 3, 24, 32) and batch[keys.TARGET].shape == (3, 24, 32)
+    assert batch[keys.INPUT_SIZE].tolist() == batch[keys.MASK_SIZE].tolist() == [[24, 32], [24, 32], [20, 20]]
+    small = torch.from_numpy(read_mask(dm.val_pairs[2][1]))
+    assert torch.equal(batch[keys.TARGET][2, :20, :20], small)
+    assert (batch[keys.TARGET][2, 20:] == 255).all() and (batch[keys.TARGET][2, :, 20:] == 255).all()
+    assert (batch[keys.IMAGE][2, :, 20:] == 0).all() and (batch[keys.IMAGE][2, :, :, 20:] == 0).all()
 
 
 # ------------------------------------------------------------------------------------------- mask formats
@@ -113,26 +114,33 @@ def test_palette_masks_give_the_data_palette_and_voc_borders_stay_ignored(tmp_pa
     assert target[0, 0] == 255 and torch.equal(target[1:], torch.from_numpy(first[1:]))
 
 
-def test_binary_0_255_masks_map_to_0_1(tmp_path: Path) -> None:
+def test_binary_0_255_masks_map_to_0_1_without_any_option(tmp_path: Path) -> None:
     pairs = write_pairs(tmp_path / "train", 3, num_classes=2) + write_pairs(tmp_path / "val", 2, num_classes=2, seed=9)
     for _, mask in pairs:
         save_mask(read_mask(mask) * 255, mask)
     dm = module(tmp_path, task="binary", eval_size=None)
     dm.setup("fit")
-    assert dm.positive_value == 255 and dm.class_names == ["background", "foreground"]
+    assert dm.ignore_index == -1 and dm.class_names == ["background", "foreground"]
     target = dm.val_set[0][keys.TARGET]
     assert torch.equal(target, torch.from_numpy(read_mask(dm.val_pairs[0][1]) // 255))
+    counts = [int(sum((read_mask(m) == v).sum() for _, m in dm.train_pairs)) for v in (0, 255)]
+    assert dm.class_counts == counts and sum(counts) == 3 * 24 * 32
 
 
-def test_binary_0_1_masks_keep_255_as_ignored(tmp_path: Path) -> None:
+def test_binary_masks_with_an_ignore_index_keep_it_and_positive_value_restricts_the_foreground(tmp_path: Path) -> None:
     pairs = write_pairs(tmp_path / "train", 3, num_classes=2) + write_pairs(tmp_path / "val", 2, num_classes=2, seed=9)
     values = read_mask(pairs[0][1])
     values[:, 0] = 255
     save_mask(values, pairs[0][1])
-    dm = module(tmp_path, task="binary", eval_size=None, train_augment=False)
+    dm = module(tmp_path, task="binary", eval_size=None, train_augment=False, ignore_index=255)
     dm.setup("fit")
-    assert dm.positive_value == 1
     assert torch.equal(dm.train_set[0][keys.TARGET], torch.from_numpy(values))
+    default = module(tmp_path, task="binary", eval_size=None, train_augment=False)  # 255 is foreground then
+    default.setup("fit")
+    assert torch.equal(default.train_set[0][keys.TARGET], torch.from_numpy((values > 0).astype(np.int64)))
+    strict = module(tmp_path, task="binary", positive_value=1)
+    with pytest.raises(ValueError, match=r"1 of 5 image/mask pairs cannot be used \(mask values must be 0, 1 or -1"):
+        strict.setup("fit")
 
 
 def test_class_counts_are_labelled_pixels_per_class_of_the_training_masks(tmp_path: Path) -> None:
@@ -142,6 +150,8 @@ def test_class_counts_are_labelled_pixels_per_class_of_the_training_masks(tmp_pa
     save_mask(masks[0], tmp_path / "train" / "masks" / "img000.png")
     dm = module(tmp_path, num_classes=4)
     expected = np.bincount(np.concatenate([m[m != 255] for m in masks]), minlength=4).tolist()
+    assert dm.class_counts is None  # no mask is read when the module is created
+    dm.setup("fit")
     assert dm.class_counts == expected and sum(expected) == 4 * 24 * 32 - 32 and dm.num_train_samples == 4
     assert module(tmp_path, num_classes=4, check_masks=False).class_counts is None
 
@@ -212,15 +222,38 @@ def test_mask_size_values_and_rgb_masks_are_errors_at_setup_with_every_offender(
     values[0, 0] = 255  # ignore_index: fine
     save_mask(values, masks[2])
     Image.new("RGB", (32, 24), (255, 0, 0)).save(masks[3])  # an RGB mask
+    image = tmp_path / "train" / "images" / "img004.png"
+    image.write_bytes(image.read_bytes()[:-200])  # a truncated image: its header still reads
     dm = module(tmp_path, num_classes=3)
+    dm.setup("validate")  # validate/test/predict do not scan
     with pytest.raises(ValueError) as err:
         dm.setup("fit")
     text = str(err.value)
-    assert text.startswith("3 of 8 masks cannot be used")
+    assert text.startswith("4 of 8 image/mask pairs cannot be used")
+    assert f"image '{image}' cannot be read" in text
     assert f"{masks[0]}: mask is 10x10 (HxW) but its image" in text and "24x32" in text
     assert f"{masks[1]}: values [7]" in text
     assert f"{masks[3]}: mask '{masks[3]}' is a RGB image" in text and "palette PNGs" in text
     assert str(masks[2]) not in text
+
+
+def test_the_mask_scan_runs_at_fit_only_and_reads_only_changed_files_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lit_finetune.data import mask_scan
+
+    write_split_root(tmp_path)
+    read: list[str] = []
+    inspect = mask_scan.inspect_decoded
+    monkeypatch.setattr(mask_scan, "inspect_decoded", lambda pair: read.append(pair[1]) or inspect(pair))
+    for stage in ("validate", "predict"):
+        module(tmp_path, num_classes=3).setup(stage)
+    assert read == []
+    module(tmp_path, num_classes=3).setup("fit")
+    assert len(read) == 6
+    changed = tmp_path / "val" / "masks" / "img001.png"
+    save_mask(np.full((24, 32), 2), changed)
+    dm = module(tmp_path, num_classes=3)
+    dm.setup("fit")
+    assert read[6:] == [str(changed)] and dm.class_counts is not None
 
 
 def test_bad_options_are_errors(tmp_path: Path) -> None:
@@ -354,5 +387,5 @@ def test_predict_samples_carry_the_original_size_and_no_target(tmp_path: Path) -
     dm = module(tmp_path / "data", num_classes=3, predict_root=str(tmp_path / "new" / "images"), eval_size=16)
     dm.setup("predict")
     sample = dm.predict_set[0]
-    assert keys.TARGET not in sample and sample[keys.IMAGE].shape == (3, 16, 16)
+    assert keys.TARGET not in sample and sample[keys.IMAGE].shape == (3, 16, 24)  # 20x30: shorter side 16
     assert sample[keys.ORIGINAL_SIZE].tolist() == [20, 30] and sample[keys.ORIGINAL_SIZE].dtype == torch.long

@@ -114,8 +114,10 @@ def test_bad_targets_and_options_are_refused_with_a_hint():
     with pytest.raises(ValueError, match="integer masks"):
         task.prepare_target(torch.zeros(2, 3, 8, 8, dtype=torch.long))
     assert task.prepare_target(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape == (2, 8, 8)
-    with pytest.raises(ValueError, match="ignore_index=1 is a class index"):
+    with pytest.warns(UserWarning, match="ignore_index=1 is a class index"):
         SegmentationTask(3, ignore_index=1)
+    with pytest.raises(ValueError, match="ignore_index=0 is a class of binary targets"):
+        SegmentationTask(2, mode="binary", ignore_index=0)
     with pytest.raises(ValueError, match="num_classes 1 or 2"):
         SegmentationTask(3, mode="binary")
 
