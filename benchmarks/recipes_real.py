@@ -3,7 +3,8 @@
 Data: the 1,399 cat/dog photographs of ``../shared/data/cats_dogs`` (relative to the repository root; or
 ``--data`` / ``LIT_FINETUNE_CATS_DOGS``). A fixed stratified subset (``--per-class`` images a class, chosen
 with ``--split-seed``) trains; every other photograph is held out and scored once, after the last epoch.
-The split is written as a labels CSV in a temporary folder (the photographs are read where they are).
+The photographs are shrunk once (shorter side twice the image size) into a temporary folder (or ``--cache``)
+with a labels CSV of the split; the originals are only read.
 
 Every arm is a ``lit-finetune fit`` command line (the same CLI users run, in this process: config files
 stacked with ``--config`` and a few options), resnet18 from random weights. Arms:
@@ -25,8 +26,8 @@ alternate the arms (seed 0: every arm, then seed 1, ...), so machine load hits t
 the median held-out accuracy, its spread (min-max) over seeds, the median seconds of a run (training plus
 the one held-out scoring), then ``overlay_gain: X`` (median accuracy of ``small_data`` minus ``default``).
 
-Protocols: ``--protocol cpu`` (default: 64 px images, batch 32, 30 epochs = 240 optimizer steps) and
-``--protocol seed`` (the seed tutorial's: 224 px, batch 16, 25 epochs; about 30x the compute).
+Protocols: ``--protocol cpu`` (default: 32 px images, batch 16, 20 epochs = 300 optimizer steps) and
+``--protocol seed`` (the seed tutorial's: 224 px, batch 16, 25 epochs; about 50x the compute).
 
     python benchmarks/recipes_real.py                            # 3 seeds, default / small_data / timm
     python benchmarks/recipes_real.py --arms default,small_data,seed,timm --seeds 0,1,2
