@@ -224,27 +224,28 @@ def run_seeds(arms: list[str], seeds: list[int], data_config: Path, work: Path, 
     return results
 
 
-def run_seeds_in_parallel(argv: list[str], seeds: list[int], arms: list[str], jobs: int) -> dict[str, list]:
-    """One process per seed (at most ``jobs`` at once), each running every arm in turn; results in seed order."""
-    base = [
+def run_seeds_in_parallel(argv: list[str], seeds: list[int], arms: list[str], jobs: int, photos: Path) -> dict[str, list]:
+    """One process per seed (at most ``jobs`` at once), each running every arm in turn on the shrunk ``photos``."""
+    base = ["--cache", str(photos)] + [
         a
         for i, a in enumerate(argv)
-        if a not in ("--seeds", "--jobs", "--json") and (i == 0 or argv[i - 1] not in ("--seeds", "--jobs", "--json"))
+        if a not in ("--seeds", "--jobs", "--json", "--cache") and (i == 0 or argv[i - 1] not in ("--seeds", "--jobs", "--json", "--cache"))
     ]
     outputs = [Path(tempfile.mkstemp(prefix=f"recipes_real_seed{seed}_", suffix=".json")[1]) for seed in seeds]
-    pending = [(seed, out) for seed, out in zip(seeds, outputs)]
-    running: list[subprocess.Popen] = []
+    pending = list(zip(seeds, outputs))
+    running: list[tuple[subprocess.Popen, Path]] = []
     while pending or running:
         while pending and len(running) < jobs:
             seed, out = pending.pop(0)
             command = [sys.executable, __file__, *base, "--seeds", str(seed), "--jobs", "1", "--json", str(out)]
-            running.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
-        finished = running.pop(0)
-        for line in finished.stdout or []:
-            if line.startswith("  seed "):
-                print(line, end="", flush=True)
-        if finished.wait() != 0:
-            raise RuntimeError(f"a seed's process failed: {finished.args}")
+            log = out.with_suffix(".log")
+            with log.open("w") as fh:  # a file, not a pipe: a full pipe would stall the process
+                running.append((subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT), log))
+        process, log = running.pop(0)
+        if process.wait() != 0:
+            raise RuntimeError(f"a seed's process failed ({process.args}); its output: {log}")
+        print("".join(line for line in log.read_text().splitlines(keepends=True) if line.startswith("  seed ")), end="", flush=True)
+        log.unlink()
     results: dict[str, list] = {a: [] for a in arms}
     for out in outputs:
         for name, runs in json.loads(out.read_text()).items():
@@ -310,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {root} ({n_train} training photographs, split seed {opts.split_seed}; {n_held} held out)")
     print(f"protocol: {opts.protocol}: {protocol}, resnet18 from random weights; seeds {seeds}; load: {os.getloadavg()}")
     if opts.jobs > 1 and len(seeds) > 1:
-        shutil.rmtree(work, ignore_errors=True)
-        results = run_seeds_in_parallel(argv if argv is not None else sys.argv[1:], seeds, arms, opts.jobs)
+        try:
+            results = run_seeds_in_parallel(argv if argv is not None else sys.argv[1:], seeds, arms, opts.jobs, photos)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     else:
         results = run_seeds(arms, seeds, data_config, work, protocol)
     if opts.json:
