@@ -1,9 +1,11 @@
-"""``ModelCheckpoint`` that refreshes ``last.ckpt`` at every epoch end, improved or not, and keeps ``best.ckpt``."""
+"""``ModelCheckpoint`` that refreshes ``last.ckpt`` at every epoch end, improved or not, keeps ``best.ckpt``, and
+says which metrics are logged when the monitored one is not."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -25,6 +27,16 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     ``--ckpt_path runs/.../checkpoints/best.ckpt`` needs no file name with a metric in it. All arguments
     are those of ``ModelCheckpoint``.
 
+    With ``fast_dev_run`` nothing is written. In ``validate``/``test``/``predict`` its state in the checkpoint is
+    not restored (nothing is saved there), so Lightning's "dirpath has changed" warning is not shown.
+
+    A ``monitor`` that the module does not log is an error that lists the logged metrics, raised at the end of
+    the sanity-check validation when the monitor is a metric of that stage (``val/...``), otherwise at the
+    first save, instead of Lightning's traceback after the first epoch.
+
+    Raises:
+        MonitorNotLoggedError: the monitored metric is not among the logged ones.
+
     Example::
 
         checkpoint = ResumableModelCheckpoint(monitor="val/acc", mode="max", save_last=True)
@@ -32,7 +44,35 @@ class ResumableModelCheckpoint(ModelCheckpoint):
 
     _last_saved_step: int = -1
     _best_linked_from: str = ""
+    _monitor_seen: bool = False
+    _stage: str = "fit"
     BEST_NAME = "best"
+
+    def _check_monitor(self, trainer: Trainer, logged: dict[str, Tensor], final: bool) -> None:
+        """Raise when ``monitor`` is not in ``logged``; before the first save (``final=False``) only if metrics of
+        its stage (the part before the last ``/``) were logged, since those of another stage may come later."""
+        if self.monitor is None or self._monitor_seen:
+            return
+        if self.monitor in logged:
+            self._monitor_seen = True
+            return
+        stage = self.monitor.rpartition("/")[0]
+        if final or (stage and any(key.startswith(stage + "/") for key in logged)):
+            raise MonitorNotLoggedError(self.monitor, sorted(logged))
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._stage = stage
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # validate/test/predict from a checkpoint save nothing: the folder the training run saved into does not
+        # matter, and Lightning's warning that it "has changed" (it always has: the logs go elsewhere) is noise.
+        if self._stage != "fit":
+            self.best_model_path = state_dict.get("best_model_path", self.best_model_path)
+            return
+        super().load_state_dict(state_dict)
 
     def _update_best_link(self, trainer: Trainer) -> None:
         source = self.best_model_path
@@ -73,7 +113,23 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             self._update_best_link(trainer)
 
     @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning's hook writes `last.ckpt` at the end of any run, also with `fast_dev_run` (whose logger is a
+        # dummy, so the file lands in `<working folder>/checkpoints/`); a smoke test writes no checkpoint.
+        if trainer.fast_dev_run:
+            return
+        super().on_train_end(trainer, pl_module)
+
+    @override
+    def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        if self.save_top_k != 0 and trainer.fit_loop.epoch_loop.val_loop._has_run:  # as Lightning decides it is an error
+            self._check_monitor(trainer, monitor_candidates, final=True)
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING and self.save_top_k != 0:
+            self._check_monitor(trainer, dict(trainer.callback_metrics), final=False)
         due = not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer)
         super().on_validation_end(trainer, pl_module)
         if due:
@@ -85,3 +141,21 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if due:
             self._refresh_last(trainer)
+
+
+class MonitorNotLoggedError(ValueError):
+    """The checkpoint's ``monitor`` is not a metric the module logs (a configuration error of the user's).
+
+    Args:
+        monitor: the monitored key.
+        logged: the keys that are logged.
+    """
+
+    def __init__(self, monitor: str, logged: list[str]) -> None:
+        shown = ", ".join(logged) if logged else "none"
+        super().__init__(
+            f"checkpoint.monitor '{monitor}' is not logged by this model; the logged metrics are: {shown}. "
+            "Set `checkpoint.monitor` to one of them (and `checkpoint.mode` to min or max), or leave it unset for the task's metric."
+        )
+        self.monitor = monitor
+        self.logged = logged
