@@ -47,6 +47,19 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
+def require_litdata():
+    """The ``litdata`` module.
+
+    Raises:
+        ModuleNotFoundError: LitData is not installed; the message says how to install it.
+    """
+    try:
+        import litdata
+    except ImportError as err:
+        raise ModuleNotFoundError("Shards need LitData: pip install 'lit-finetune[streaming]' (or pip install litdata boto3).") from err
+    return litdata
+
+
 def file_bytes(path: str) -> bytes:
     """The bytes of a file, as stored."""
     with open(path, "rb") as f:
@@ -190,8 +203,7 @@ def optimize_datamodule(
     Raises:
         ValueError: a bad option, an output in use (without ``overwrite``), or the data module's checks failing.
     """
-    from litdata import optimize
-
+    optimize = require_litdata().optimize
     if num_workers < 1:
         raise ValueError(f"`--workers` must be >= 1, got {num_workers}.")
     unknown = sorted(set(splits) - set(SPLITS))
