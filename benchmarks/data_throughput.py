@@ -20,7 +20,6 @@ Printed, in one run:
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import shutil
@@ -119,8 +118,15 @@ def train_rate(loader: DataLoader, steps: int, warmup: int) -> float:
     model = FinetuneClassifier(num_classes=2, backbone="resnet18", optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
     timer = StepTimer(warmup)
     trainer = Trainer(
-        max_steps=warmup + steps, limit_val_batches=0, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     trainer.fit(model, train_dataloaders=loader)
     return timer.rate
@@ -154,23 +160,33 @@ def main() -> None:
 
 def run(args: argparse.Namespace, workers: int, source: str, tmp: Path) -> None:
     size = {"image_size": args.image_size}
-    folder = ImageFolderDataModule(str(tmp / "photos"), val_fraction=0.05, num_workers=workers, batch_size=args.batch_size, check_images=False, **size)
+    folder = ImageFolderDataModule(
+        str(tmp / "photos"), val_fraction=0.05, num_workers=workers, batch_size=args.batch_size, check_images=False, **size
+    )
     n = len(folder.train_samples)
     sizes = [Image.open(path).size for path, _ in folder.train_samples[:50]]
     mean_bytes = sum(os.path.getsize(path) for path, _ in folder.train_samples) / n
-    print(f"{source}: {n} training JPEGs, e.g. {sizes[0][0]}x{sizes[0][1]}, {mean_bytes / 1e3:.0f} kB on average; "
-          f"{args.image_size} px, batch {args.batch_size}, {workers} loader workers, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"{source}: {n} training JPEGs, e.g. {sizes[0][0]}x{sizes[0][1]}, {mean_bytes / 1e3:.0f} kB on average; "
+        f"{args.image_size} px, batch {args.batch_size}, {workers} loader workers, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     start = time.perf_counter()
     optimize_datamodule(folder, str(tmp / "shards"), num_workers=max(1, workers), chunk_bytes="2MB", splits=["train", "val"])
     elapsed = time.perf_counter() - start
-    print(f"optimize: {elapsed:.1f} s for {n + len(folder.val_samples)} images = {1000 * elapsed / (n + len(folder.val_samples)):.1f} s per 1,000 images", flush=True)
+    print(
+        f"optimize: {elapsed:.1f} s for {n + len(folder.val_samples)} images = {1000 * elapsed / (n + len(folder.val_samples)):.1f} s per 1,000 images",
+        flush=True,
+    )
 
     rates = {}
     for decoder, read in (("pil", read_pil), ("torchvision", read_torchvision)):
         dataset = ImageDataset(folder.train_samples, folder.train_transform, loader=read)
         rates[f"loose files, {decoder}"] = loader_rate(DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers))
-        stream = StreamingDataModule(str(tmp / "shards"), decoder=decoder, num_workers=workers, batch_size=args.batch_size, persistent_workers=False, **size)
+        stream = StreamingDataModule(
+            str(tmp / "shards"), decoder=decoder, num_workers=workers, batch_size=args.batch_size, persistent_workers=False, **size
+        )
         stream.setup("fit")
         rates[f"shards, {decoder}"] = loader_rate(stream.train_dataloader())
     for name, rate in rates.items():

@@ -253,11 +253,17 @@ def read_metadata(input_dir: str, storage_options: dict[str, Any] | None = None)
     try:
         meta = storage.read_json(location, storage_options)
     except (FileNotFoundError, OSError) as err:
-        raise FileNotFoundError(f"No shards at '{input_dir}' ({METADATA_FILE} missing): write them with `lit-finetune optimize --output {input_dir}`.") from err
+        raise FileNotFoundError(
+            f"No shards at '{input_dir}' ({METADATA_FILE} missing): write them with `lit-finetune optimize --output {input_dir}`."
+        ) from err
     except Exception as err:  # botocore's ClientError (404, access denied) and the like
-        raise FileNotFoundError(f"Cannot read '{location}': {err}. Check the URL, the endpoint and the credentials (docs/scaling.md).") from err
+        raise FileNotFoundError(
+            f"Cannot read '{location}': {err}. Check the URL, the endpoint and the credentials (docs/scaling.md)."
+        ) from err
     if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"'{location}' has format {meta.get('format')}; this version reads format {FORMAT_VERSION}: re-run `lit-finetune optimize`.")
+        raise ValueError(
+            f"'{location}' has format {meta.get('format')}; this version reads format {FORMAT_VERSION}: re-run `lit-finetune optimize`."
+        )
     return meta
 
 
@@ -267,7 +273,11 @@ def parser() -> argparse.ArgumentParser:
         description="Write the data set of a config (its `data` section, with the model's task) as LitData shards, one output per split. "
         "Every other option (--config, --data.root, --model.task, ...) is read as by `lit-finetune fit`.",
     )
-    p.add_argument("--output", required=True, help="a local folder or an object-storage URL (s3://bucket/prefix; endpoint and credentials from AWS_* variables)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="a local folder or an object-storage URL (s3://bucket/prefix; endpoint and credentials from AWS_* variables)",
+    )
     p.add_argument("--workers", type=int, default=2, help="parallel processes that write samples (default 2)")
     p.add_argument("--chunk_bytes", default="64MB", help="size of each chunk file (default 64MB)")
     p.add_argument("--splits", default="train,val,test", help="splits to write, comma-separated (those present; default train,val,test)")
@@ -288,7 +298,9 @@ def main(argv: list[str]) -> int:
         cli = build_cli(rest, run=False)
     finally:
         sys.argv = argv0
-    meta = optimize_datamodule(cli.datamodule, args.output, args.workers, args.chunk_bytes, args.overwrite, [s for s in args.splits.split(",") if s])
+    meta = optimize_datamodule(
+        cli.datamodule, args.output, args.workers, args.chunk_bytes, args.overwrite, [s for s in args.splits.split(",") if s]
+    )
     counts = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
     print(f"Wrote {counts} samples ({meta['kind']}, task {meta['task']}, {len(meta['class_names'])} classes) to {args.output}")
     return 0

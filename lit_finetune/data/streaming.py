@@ -76,7 +76,13 @@ class ShardDataModule(FolderDataModule):
     KIND = ""
     """The ``kind`` of shards the module reads (``lit_finetune.json``)."""
 
-    def _read_shards(self, input_dir: str, task: str | None, cache_dir: str | None, storage_options: dict[str, Any] | None, seed: int, decoder: str) -> None:
+    train_set: StreamingDataset | None
+    val_set: StreamingDataset | None
+    test_set: StreamingDataset | None
+
+    def _read_shards(
+        self, input_dir: str, task: str | None, cache_dir: str | None, storage_options: dict[str, Any] | None, seed: int, decoder: str
+    ) -> None:
         """Read and check the metadata (kind, task) and keep the streaming options.
 
         Raises:
@@ -92,7 +98,9 @@ class ShardDataModule(FolderDataModule):
             raise ValueError(f"'{input_dir}' holds {kind} shards; {type(self).__name__} reads {self.KIND} shards.")
         stored = self.metadata.get("task")
         if task is not None and stored is not None and task != stored:
-            raise ValueError(f"The shards at '{input_dir}' were written for task '{stored}', but the task is '{task}': set `model.task: {stored}` (or re-run `optimize` with that task).")
+            raise ValueError(
+                f"The shards at '{input_dir}' were written for task '{stored}', but the task is '{task}': set `model.task: {stored}` (or re-run `optimize` with that task)."
+            )
         self.task = stored or task
         self.class_names = list(self.metadata["class_names"])
 
@@ -145,7 +153,9 @@ class ShardDataModule(FolderDataModule):
         if stage == "test":
             self.test_set = self._stream("test", self.eval_transform, shuffle=False)
             if self.test_set is None:
-                raise FileNotFoundError(f"The shards at '{self.input_dir}' have no test split: write one with `lit-finetune optimize` from data with a test split.")
+                raise FileNotFoundError(
+                    f"The shards at '{self.input_dir}' have no test split: write one with `lit-finetune optimize` from data with a test split."
+                )
         if stage == "predict":
             if self.predict_root is not None:
                 from lit_finetune.data.folder import list_images
@@ -288,10 +298,13 @@ class StreamingDataModule(ShardDataModule):
         if train_augment:
             self.train_transform = tfm.train_transform(self.preprocessing, crop_scale, hflip, augment, random_erasing)
         elif augment not in ("basic", "none") or random_erasing > 0 or mixup_alpha or cutmix_alpha:
-            raise ValueError("`train_augment: false` trains on the evaluation pipeline: it cannot take an `augment` preset, `random_erasing` or mixing.")
+            raise ValueError(
+                "`train_augment: false` trains on the evaluation pipeline: it cannot take an `augment` preset, `random_erasing` or mixing."
+            )
         else:
             self.train_transform = self.eval_transform
-        self.mixer = BatchMixer(mixup_alpha, cutmix_alpha, self.num_classes, self.task) if mixup_alpha or cutmix_alpha else None
+        mixing = mixup_alpha > 0 or cutmix_alpha > 0
+        self.mixer = BatchMixer(mixup_alpha, cutmix_alpha, self.num_classes, self.task) if mixing else None  # type: ignore[arg-type]
 
     @override
     def _decoder(self, transform: Callable | None) -> Callable:
@@ -308,4 +321,3 @@ class StreamingDataModule(ShardDataModule):
     @override
     def _collate(self, train: bool) -> Callable | None:
         return MixingCollate(self.mixer) if train and self.mixer is not None else None
-

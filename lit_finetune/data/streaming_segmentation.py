@@ -51,7 +51,9 @@ class DecodeSegmentation:
         mask = tv_tensors.Mask(torch.from_numpy(np.asarray(Image.open(io.BytesIO(bytes(item["mask"])))).astype(np.int64)))
         size = tuple(image.shape[-2:])
         if tuple(mask.shape) != size:
-            raise ValueError(f"Shard sample '{bytes(item['path']).decode('utf-8')}': mask {tuple(mask.shape)} and image {size} differ; re-run `lit-finetune optimize`.")
+            raise ValueError(
+                f"Shard sample '{bytes(item['path']).decode('utf-8')}': mask {tuple(mask.shape)} and image {size} differ; re-run `lit-finetune optimize`."
+            )
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return {
@@ -148,10 +150,21 @@ class StreamingSegmentationDataModule(ShardDataModule):
         size = image_size or pre.crop_size
         self.preprocessing = Preprocessing(size, size, tuple(mean or pre.mean), tuple(std or pre.std), pre.interpolation)
         self.eval_size = size if eval_size == "image_size" else eval_size
-        self.eval_transform = segmentation_eval_transform(self.eval_size, self.preprocessing.mean, self.preprocessing.std, pre.interpolation)
+        self.eval_transform = segmentation_eval_transform(
+            self.eval_size, self.preprocessing.mean, self.preprocessing.std, pre.interpolation
+        )
         if train_augment:
             self.train_transform = segmentation_train_transform(
-                size, self.preprocessing.mean, self.preprocessing.std, train_crop, crop_scale, crop_ratio, hflip, vflip, self.ignore_index, pre.interpolation
+                size,
+                self.preprocessing.mean,
+                self.preprocessing.std,
+                train_crop,
+                crop_scale,
+                crop_ratio,
+                hflip,
+                vflip,
+                self.ignore_index,
+                pre.interpolation,
             )
         else:
             self.train_transform = self.eval_transform

@@ -32,8 +32,17 @@ def main(shards: str, output: str) -> None:
     model = ValRecorder()
     model.val_by_epoch = {}
     trainer = Trainer(
-        accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", max_epochs=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[recorder],
+        accelerator="cpu",
+        devices=1,
+        num_nodes=2,
+        strategy="ddp",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[recorder],
     )
     trainer.fit(model, datamodule=StreamingDataModule(shards, batch_size=4, num_workers=1, image_size=32, resize_size=32))
     result = {

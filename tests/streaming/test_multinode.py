@@ -27,10 +27,28 @@ def test_two_nodes_see_each_training_sample_once_per_epoch_and_end_with_the_same
     nodes = [
         subprocess.Popen(
             [
-                sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank), "--nproc-per-node", "1",
-                "--master_addr", "127.0.0.1", "--master_port", str(port), str(HERE / "multinode_run.py"), str(class_shards), str(tmp_path),
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(rank),
+                "--nproc-per-node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                str(HERE / "multinode_run.py"),
+                str(class_shards),
+                str(tmp_path),
             ],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in (0, 1)
     ]

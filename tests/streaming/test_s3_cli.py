@@ -26,7 +26,15 @@ SHORT = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false
 
 
 def run_args(tmp_path: Path, name: str, epochs: int) -> list[str]:
-    return [*SHORT, "--trainer.max_epochs", str(epochs), "--trainer.logger.init_args.save_dir", str(tmp_path / name), "--seed_everything", "0"]
+    return [
+        *SHORT,
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / name),
+        "--seed_everything",
+        "0",
+    ]
 
 
 def optimize(config: str, data: list[str], output: str) -> None:
@@ -84,7 +92,14 @@ def test_segmentation_quickstart_from_s3_scores_as_from_folders(s3_bucket: str, 
     url = f"{s3_bucket}/segmentation"
     folder_data = ["--data.init_args.root", str(root), "--data.init_args.demo", "null"]
     optimize("segmentation_quickstart.yaml", folder_data, url)
-    common = ["--config", str(CONFIGS / "segmentation_quickstart.yaml"), "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]
+    common = [
+        "--config",
+        str(CONFIGS / "segmentation_quickstart.yaml"),
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.num_workers",
+        "0",
+    ]
     common += ["--data.init_args.image_size", "32"]
     stream_data = ["--config", str(CONFIGS / "streaming_segmentation.yaml"), "--data.init_args.input_dir", url]
 
@@ -109,8 +124,14 @@ def test_resume_mid_epoch_from_s3(s3_bucket: str, class_folder: Path, tmp_path: 
     def fit(recorder: RecordSamples, ckpt_path: str | None = None) -> None:
         data = StreamingDataModule(url, batch_size=4, num_workers=2, image_size=32, resize_size=32, cache_dir=str(tmp_path / "cache"))
         trainer = Trainer(
-            max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
-            enable_model_summary=False, callbacks=[recorder, InterruptCheckpoint(dirpath=str(tmp_path / "ckpt"))],
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+            callbacks=[recorder, InterruptCheckpoint(dirpath=str(tmp_path / "ckpt"))],
         )
         trainer.fit(TinyModel(), datamodule=data, ckpt_path=ckpt_path)
 

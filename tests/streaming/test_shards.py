@@ -86,7 +86,9 @@ def test_bad_images_are_skipped_with_a_report_and_finished_outputs_are_kept(clas
         main(["optimize", "--output", str(output), "--data.root", str(root)])
     assert exit_info.value.code == 2
     assert "already holds optimized shards" in capsys.readouterr().err
-    meta = optimize_datamodule(ImageFolderDataModule(str(root), num_workers=0, bad_images="skip"), str(output), num_workers=1, overwrite=True, splits=["train"])
+    meta = optimize_datamodule(
+        ImageFolderDataModule(str(root), num_workers=0, bad_images="skip"), str(output), num_workers=1, overwrite=True, splits=["train"]
+    )
     assert meta["splits"] == {"train": 23}
 
 
@@ -104,7 +106,9 @@ def test_multilabel_csv_targets_and_the_task_check(tmp_path: Path):
     stream = StreamingDataModule(str(tmp_path / "out"), task="multilabel", image_size=32, resize_size=32, num_workers=0, batch_size=3)
     assert stream.class_counts == source.class_counts == [4, 4]  # positives per class in the 6 training rows
     stream.setup("fit")
-    targets = {Path(path).name: target.tolist() for batch in stream.train_dataloader() for path, target in zip(batch["path"], batch["target"])}
+    targets = {
+        Path(path).name: target.tolist() for batch in stream.train_dataloader() for path, target in zip(batch["path"], batch["target"])
+    }
     expected = {f"{i}.png": [float("cat" in label), float("dog" in label)] for i, label in enumerate(labels[:6])}
     assert targets == expected
     with pytest.raises(ValueError, match=r"written for task 'multilabel'.*model.task: multilabel"):
