@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
@@ -66,3 +68,17 @@ def test_two_nodes_see_each_training_sample_once_per_epoch_and_end_with_the_same
     assert ranks[0]["train"]["0"] != ranks[0]["train"]["1"]  # shuffled anew each epoch
     assert ranks[0]["steps"] == ranks[1]["steps"] == 6
     assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def test_multinode_config_sets_nodes_and_ddp(capsys):
+    import yaml
+
+    from lit_finetune.cli import build_cli
+
+    configs = ROOT / "configs"
+    with pytest.raises(SystemExit) as done:
+        build_cli(["fit", "--config", str(configs / "quickstart.yaml"), "--config", str(configs / "multinode.yaml"), "--print_config"])
+    assert done.value.code == 0
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["num_nodes"] == 2 and trainer["devices"] == 4
+    assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
