@@ -153,3 +153,19 @@ def test_torchvision_decoder_matches_pil_and_applies_exif_orientation():
     fast = decode_torchvision(buffer.getvalue())
     assert tuple(pil.shape) == tuple(fast.shape) == (3, 40, 24)
     assert (pil.int() - fast.int()).abs().float().mean() < 2.0  # the same libjpeg decoding, up to IDCT rounding
+
+
+def test_mixing_applies_to_streamed_training_batches(class_shards: Path):
+    stream = StreamingDataModule(str(class_shards), mixup_alpha=0.4, image_size=32, resize_size=32, num_workers=0, batch_size=6)
+    stream.setup("fit")
+    batch = next(iter(stream.train_dataloader()))
+    assert batch["mixed"] is True and batch["target"].shape == (6, 2)
+    assert torch.allclose(batch["target"].sum(dim=1), torch.ones(6))  # class probabilities
+
+
+def test_test_needs_a_test_split_and_predict_streams_the_validation_split(class_shards: Path):
+    stream = StreamingDataModule(str(class_shards), image_size=32, resize_size=32, num_workers=0, batch_size=8)
+    with pytest.raises(FileNotFoundError, match="no test split"):
+        stream.setup("test")
+    stream.setup("predict")
+    assert len(batches(stream.predict_dataloader())) == 8
