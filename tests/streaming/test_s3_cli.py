@@ -2,8 +2,7 @@
 
 The quickstart configs run on tiny data, once from folders and once from the bucket, for the same steps; the folder
 run's checkpoint then scores exactly the same on the streamed validation set as on the folder (the same samples,
-decoded and transformed alike). A few steps of a model from scratch say nothing about quality; the full
-quickstart comparison is in docs/scaling.md.
+decoded and transformed alike). A few steps of a model from scratch say nothing about quality by themselves.
 """
 
 from __future__ import annotations
