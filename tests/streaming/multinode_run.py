@@ -44,7 +44,7 @@ def main(shards: str, output: str) -> None:
         num_sanity_val_steps=0,
         callbacks=[recorder],
     )
-    trainer.fit(model, datamodule=StreamingDataModule(shards, batch_size=4, num_workers=1, image_size=32, resize_size=32))
+    trainer.fit(model, datamodule=StreamingDataModule(shards, batch_size=4, num_workers=0, image_size=32, resize_size=32))
     result = {
         "global_rank": trainer.global_rank,
         "world_size": trainer.world_size,

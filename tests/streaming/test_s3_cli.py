@@ -121,7 +121,7 @@ def test_resume_mid_epoch_from_s3(s3_bucket: str, class_folder: Path, tmp_path: 
     optimize_datamodule(ImageFolderDataModule(str(class_folder), num_workers=0), url, num_workers=2, chunk_bytes="16KB")
 
     def fit(recorder: RecordSamples, ckpt_path: str | None = None) -> None:
-        data = StreamingDataModule(url, batch_size=4, num_workers=2, image_size=32, resize_size=32, cache_dir=str(tmp_path / "cache"))
+        data = StreamingDataModule(url, batch_size=4, num_workers=0, image_size=32, resize_size=32, cache_dir=str(tmp_path / "cache"))
         trainer = Trainer(
             max_epochs=1,
             accelerator="cpu",
