@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-from lit_finetune import FinetuneClassifier, ImageFolderDataModule, keys
+from lit_finetune import FinetuneClassifier, ClassificationDataModule, keys
 from _timing import EpochTimer, sync
 
 warnings.filterwarnings("ignore")
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = args.data or tempfile.mkdtemp(prefix="parity-")
-    dm = ImageFolderDataModule(
+    dm = ClassificationDataModule(
         root + "/digits", demo="digits", batch_size=args.batch_size, num_workers=args.num_workers,
         image_size=32, resize_size=32, hflip=False, crop_scale=(0.7, 1.0), persistent_workers=args.num_workers > 0,
     )

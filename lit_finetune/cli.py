@@ -39,7 +39,7 @@ from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
 from lit_finetune.callbacks.resumable_checkpoint import ResumableModelCheckpoint
 from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
 from lit_finetune.callbacks.test_report import TestReport
-from lit_finetune.data.datamodule import ImageFolderDataModule
+from lit_finetune.data.datamodule import ClassificationDataModule
 from lit_finetune.modules.classifier import FinetuneClassifier
 from lit_finetune.tasks import TASKS
 
@@ -59,7 +59,7 @@ EXTRA_SUBCOMMANDS = {
 }
 
 DEFAULT_MODEL = "lit_finetune.modules.classifier.FinetuneClassifier"
-DEFAULT_DATA = "lit_finetune.data.datamodule.ImageFolderDataModule"
+DEFAULT_DATA = "lit_finetune.data.datamodule.ClassificationDataModule"
 DEFAULT_MONITOR = "val/acc"
 DEBUG_ENV = "LIT_FINETUNE_DEBUG"
 EVALUATION_SUBCOMMANDS = ("validate", "test", "predict")
@@ -366,13 +366,13 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FinetuneCLI:
 
     A config that names ``model.class_path`` or ``data.class_path`` (``lit_finetune.SegmentationModule``,
     ``lit_finetune.SegmentationDataModule``, a subclass of your own) runs in LightningCLI's subclass mode,
-    with ``FinetuneClassifier`` and ``ImageFolderDataModule`` as the defaults; otherwise the options of
+    with ``FinetuneClassifier`` and ``ClassificationDataModule`` as the defaults; otherwise the options of
     those two are given directly (``model: {backbone: resnet18}``), as in every classification config.
     """
     subclass = names_class_path(sys.argv[1:] if args is None else list(args))
     return FinetuneCLI(
         LightningModule if subclass else FinetuneClassifier,
-        LightningDataModule if subclass else ImageFolderDataModule,
+        LightningDataModule if subclass else ClassificationDataModule,
         subclass_mode_model=subclass,
         subclass_mode_data=subclass,
         trainer_defaults=TRAINER_DEFAULTS,

@@ -41,8 +41,9 @@ class ConfidenceHistogram(Metric):
         return {"correct": self.correct, "wrong": self.wrong}
 
 
-class ClassificationReport(Callback):
-    """Log a classification report of every validation epoch to TensorBoard (rank zero writes, all ranks reduce).
+class ValidationReport(Callback):
+    """Log a report of every validation epoch to TensorBoard (rank zero writes, all ranks reduce): classification
+    statistics, or segmentation's pixel statistics. Formerly ``ClassificationReport``, a name that still works.
 
     Logged (multiclass and binary): ``report/confusion_matrix`` (figure, counts in the cells up to
     ``max_annotated_classes`` classes) and ``report/confusion_matrix_counts`` (text table),
@@ -67,7 +68,7 @@ class ClassificationReport(Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[ClassificationReport(num_thresholds=100)])
+        trainer = Trainer(callbacks=[ValidationReport(num_thresholds=100)])
     """
 
     def __init__(
@@ -272,3 +273,7 @@ def _add_histogram(writer: Any, tag: str, counts: Tensor, edges: Tensor, step: i
         bucket_counts=counts.tolist(),
         global_step=step,
     )
+
+
+ClassificationReport = ValidationReport
+"""The former name of :class:`ValidationReport`, kept for configs and imports that use it."""

@@ -42,7 +42,8 @@ from lit_finetune.data.folder import ImageDataset
 from lit_finetune.data.mixing import BatchMixer, MixingCollate
 from lit_finetune.data.shards import SPLITS, read_metadata
 from lit_finetune.data.storage import allow_plain_http, join
-from lit_finetune.data.transforms import Augment, Preprocessing, default_preprocessing
+from lit_finetune.data.transforms import Augment
+from lit_finetune.models.preprocessing import configured_preprocessing
 
 
 class DecodeClassification:
@@ -290,10 +291,7 @@ class StreamingDataModule(ShardDataModule):
         self._set_loader_options(batch_size, num_workers, pin_memory, persistent_workers, predict_root)
         self._check_predict_root()
         self._read_shards(input_dir, task, cache_dir, storage_options, seed, decoder)
-        pre = default_preprocessing(backbone, weights)
-        crop = image_size or pre.crop_size
-        resize = resize_size or (round(crop * pre.resize_size / pre.crop_size) if image_size else pre.resize_size)
-        self.preprocessing = Preprocessing(resize, crop, tuple(mean or pre.mean), tuple(std or pre.std), pre.interpolation)
+        self.preprocessing = configured_preprocessing(backbone, weights, image_size, resize_size, mean, std)
         self.eval_transform = tfm.eval_transform(self.preprocessing)
         if train_augment:
             self.train_transform = tfm.train_transform(self.preprocessing, crop_scale, hflip, augment, random_erasing)

@@ -26,11 +26,10 @@ from lit_finetune.data.segmentation import (
     SegmentationDataset,
     collate_same_size,
     segmentation_eval_transform,
-    segmentation_preprocessing,
     segmentation_train_transform,
 )
 from lit_finetune.data.streaming import ShardDataModule
-from lit_finetune.data.transforms import Preprocessing
+from lit_finetune.models.preprocessing import configured_preprocessing
 
 
 class DecodeSegmentation:
@@ -146,9 +145,8 @@ class StreamingSegmentationDataModule(ShardDataModule):
         self.ignore_index = int(self.metadata.get("ignore_index", 255))
         self.positive_value = 1  # the shards hold the training targets: binary masks are 0/1 already
         self.palette = [tuple(c) for c in self.metadata.get("palette", [])] or None
-        pre = segmentation_preprocessing(backbone, weights)
-        size = image_size or pre.crop_size
-        self.preprocessing = Preprocessing(size, size, tuple(mean or pre.mean), tuple(std or pre.std), pre.interpolation)
+        self.preprocessing = pre = configured_preprocessing(backbone, weights, image_size, None, mean, std, square=True)
+        size = pre.crop_size
         self.eval_size = size if eval_size == "image_size" else eval_size
         self.eval_transform = segmentation_eval_transform(
             self.eval_size, self.preprocessing.mean, self.preprocessing.std, pre.interpolation
