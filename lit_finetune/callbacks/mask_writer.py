@@ -35,7 +35,7 @@ class SegmentationMaskWriter(BasePredictionWriter):
 
     Args:
         output_dir: the folder of the masks; None: ``masks/`` in the trainer's log folder (with the CLI's
-            ``predict --ckpt_path ...``, the checkpoint's run folder: ``<run>/predict/masks/``).
+            ``predict --ckpt_path best``: ``<run>/predict/best/masks/``).
         overlay: also write the images with their predicted masks blended in.
         alpha: opacity of the mask colours in overlays.
         palette: one RGB colour per class; None: the module's ``palette`` (kept in its checkpoint), else the data

@@ -10,13 +10,17 @@ each with probability proportional to its weight:
 
 Under DDP Lightning wraps the sampler in its ``DistributedSamplerWrapper``, which gives each process
 its share of the sampler's draws: an epoch still holds as many samples in all. :class:`BalancedSampler`
-draws from a generator seeded with ``seed + epoch`` (Lightning calls ``set_epoch``), so every process
-draws the same list and the processes' shares never overlap by construction of the wrapper.
+draws from a generator seeded with ``seed + epoch`` (the run's ``seed_everything`` seed by default; Lightning
+calls ``set_epoch``), so every process draws the same list and the processes' shares never overlap by
+construction of the wrapper. Its epoch count is kept in checkpoints (through the data module's
+``state_dict``), so a resumed run draws the epochs it has not drawn yet.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -84,13 +88,15 @@ class BalancedSampler(WeightedRandomSampler):
     """``WeightedRandomSampler`` with replacement whose draws depend only on ``seed`` and the epoch.
 
     Every process of a DDP run draws the same indices, and Lightning's ``DistributedSamplerWrapper``
-    gives each one its share. Lightning calls ``set_epoch`` before each epoch; without it, each pass
-    over the sampler moves to the next epoch's draws.
+    gives each one its share. Lightning calls ``set_epoch`` before each epoch; without it (under DDP the
+    wrapper does not pass it on), each pass over the sampler moves to the next epoch's draws.
+    ``state_dict``/``load_state_dict`` keep the seed and the epoch count across a resume.
 
     Args:
         weights: per-sample weights (:func:`balanced_weights`).
         num_samples: draws per epoch; None: as many as there are weights.
-        seed: base seed of the draws; None: ``torch.initial_seed()`` (the run's seed under ``seed_everything``).
+        seed: base seed of the draws; None: the run's seed (``seed_everything``, which sets ``PL_GLOBAL_SEED``),
+            or 0 without one, so that all processes agree.
 
     Example::
 
@@ -101,12 +107,20 @@ class BalancedSampler(WeightedRandomSampler):
     def __init__(self, weights: Tensor | Sequence[float], num_samples: int | None = None, seed: int | None = None) -> None:
         weights = torch.as_tensor(weights, dtype=torch.float64)
         super().__init__(weights, num_samples if num_samples is not None else len(weights), replacement=True)
-        self.seed = torch.initial_seed() if seed is None else int(seed)
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else int(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the samples of ``epoch`` next."""
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The seed and the epoch whose draws come next."""
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: the same seed, the next epoch's draws."""
+        self.seed, self.epoch = int(state_dict["seed"]), int(state_dict["epoch"])
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed((self.seed + self.epoch) % 2**63)

@@ -68,8 +68,8 @@ def test_ddp_two_processes(tmp_path):
     assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1  # rank 1 wrote nothing
     acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "tensors": 0})
     acc.Reload()
-    images = [f"best_worst/{stage}/{kind}" for stage in ("train", "val") for kind in ("worst", "best")]
-    images += ["gradcam/val", "report/confusion_matrix"]
+    images = [f"zz-best_worst/{stage}/{kind}" for stage in ("train", "val") for kind in ("worst", "best")]
+    images += ["zz-gradcam/val", "zz-report/confusion_matrix"]
     for tag in images:
         assert len(acc.Images(tag)) == 1, tag
 

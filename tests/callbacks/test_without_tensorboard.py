@@ -29,4 +29,4 @@ def test_csv_logger_only(tmp_path, image_root):
         assert sum(m.startswith(name) for m in messages) == 1, name
     assert callbacks[3].last_heatmaps is None and callbacks[4].confusion is None  # skipped, not computed
     header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
-    assert "grad/global_norm" in header and "perf/data_wait_fraction" in header
+    assert "zz-grad/global_norm" in header and "zz-perf/data_wait_fraction" in header
