@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from lit_finetune.data import storage
 from lit_finetune.data.folder import ImageDataset
-from lit_finetune.data.masks import read_mask, to_target
+from lit_finetune.data.masks import read_mask
 from lit_finetune.data.segmentation import SegmentationDataset
 
 log = logging.getLogger(__name__)
@@ -106,14 +106,14 @@ class SegmentationRecords:
     The mask is stored as the training target (class indices, ``ignore_index`` kept, binary masks mapped to 0/1).
 
     Args:
-        dataset: the split's dataset (its pairs and binary/positive/ignore settings).
+        dataset: the split's dataset (its pairs and the task's mask rule).
     """
 
     kind = "segmentation"
 
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.pairs = dataset.pairs
-        self.binary, self.positive_value, self.ignore_index = dataset.binary, dataset.positive_value, dataset.ignore_index
+        self.masks = dataset.masks
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -122,7 +122,7 @@ class SegmentationRecords:
         path, mask_path = self.pairs[index]
         if mask_path is None:
             raise ValueError(f"'{path}' has no mask: only image/mask pairs can be written as segmentation shards.")
-        target = to_target(read_mask(mask_path), self.binary, self.positive_value, self.ignore_index)
+        target = self.masks.to_target(read_mask(mask_path))
         return {"image": file_bytes(path), "mask": mask_png(target), "index": int(index), "path": path_bytes(path)}
 
 

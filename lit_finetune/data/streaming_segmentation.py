@@ -1,6 +1,6 @@
 """``StreamingSegmentationDataModule``: image+mask shards (``lit-finetune optimize`` of a segmentation data set) streamed.
 
-The same joint image/mask transforms, dict samples (``original_size`` included) and full-resolution collate check
+The same joint image/mask transforms, dict samples (``original_size`` included) and padded batches of mixed sizes
 as ``SegmentationDataModule``; classes, task, ``ignore_index``, palette and pixel counts come from the shards'
 metadata. Shuffling, DDP, resume: see :mod:`lit_finetune.data.streaming`.
 """
@@ -22,12 +22,8 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.data.decode import Decoder, image_decoder
-from lit_finetune.data.segmentation import (
-    SegmentationDataset,
-    collate_same_size,
-    segmentation_eval_transform,
-    segmentation_train_transform,
-)
+from lit_finetune.data.segmentation import SegmentationDataset
+from lit_finetune.data.segmentation_transforms import PadCollate, segmentation_eval_transform, segmentation_train_transform
 from lit_finetune.data.streaming import ShardDataModule
 from lit_finetune.models.preprocessing import configured_preprocessing
 
@@ -173,7 +169,7 @@ class StreamingSegmentationDataModule(ShardDataModule):
 
     @override
     def _dataset(self, items: Sequence, transform: Callable) -> Dataset:
-        return SegmentationDataset(items, transform, ignore_index=self.ignore_index)
+        return SegmentationDataset(items, transform)
 
     @override
     def _predict_items(self, images: list[Path]) -> list[tuple[str, None]]:
@@ -183,7 +179,7 @@ class StreamingSegmentationDataModule(ShardDataModule):
 
     @override
     def _collate(self, train: bool) -> Callable:
-        return collate_same_size
+        return PadCollate(self.ignore_index)
 
     @override
     def _eval_batch_size(self) -> int:
