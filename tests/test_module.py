@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
 from lit_finetune import FinetuneClassifier, ImageFolderDataModule, keys
 
@@ -126,20 +127,81 @@ class FinetuneWithFeaturePenalty(FinetuneClassifier):
         return terms  # their sum is optimized; each is logged (train/loss_features, ...)
 
 
+class TrainingFlags(Callback):
+    """Records the network's own training flag at each training and validation batch."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, list[bool]] = {"train": [], "val": []}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.flags["train"].append(pl_module.network.training)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.flags["val"].append(pl_module.network.training)
+
+
 def test_readme_subclass_adds_its_auxiliary_loss() -> None:
     torch.manual_seed(0)
-    model = FinetuneWithFeaturePenalty(num_classes=3, feature_penalty=0.5).eval()
+    model = FinetuneWithFeaturePenalty(num_classes=3, feature_penalty=0.5, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    assert model.hparams.feature_penalty == 0.5 and model.hparams.num_classes == 3 and "loss" not in model.hparams
     batch = tiny_batch()
-    out = model.validation_step(batch, 0)
-    features = model(batch[keys.IMAGE])[keys.FEATURES]
+    out = model.eval().validation_step(batch, 0)  # by hand: the per-sample losses are computed
     ce = F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET], reduction="none")
-    torch.testing.assert_close(out[keys.LOSS], ce.mean() + 0.5 * features.pow(2).sum(1).mean())
     torch.testing.assert_close(out[keys.SAMPLE_LOSS], ce)  # callbacks rank samples by the configured loss
-    # Every term is logged: the epoch loss is the optimized sum, and each part has its own metric.
-    torch.testing.assert_close(model.val_loss.compute(), out[keys.LOSS])
-    torch.testing.assert_close(model.loss_term_metrics["val_loss_features"].compute(), 0.5 * features.pow(2).sum(1).mean())
-    torch.testing.assert_close(model.loss_term_metrics["val_loss"].compute(), ce.mean())
-    assert model.hparams.feature_penalty == 0.5
+    loader = DataLoader([{k: v[i] for k, v in batch.items()} for i in range(4)], batch_size=4)
+    flags = TrainingFlags()
+    trainer = Trainer(
+        accelerator="cpu", max_steps=2, val_check_interval=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[flags],
+    )  # fmt: skip
+    trainer.fit(model.train(), loader, loader)
+    # The network is a registered child: Lightning's eval/train switches around validation reach it.
+    assert flags.flags == {"train": [True, True], "val": [False, False, False]}
+    with torch.no_grad():
+        out = model.eval()(batch[keys.IMAGE])
+    ce = F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET])
+    penalty = 0.5 * out[keys.FEATURES].pow(2).sum(1).mean()
+    # Every term the subclass returns is logged (lr 0: the weights did not move, so the last validation saw these values).
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert logged["val/loss"] == pytest.approx(float(ce + penalty), rel=1e-4)
+    assert logged["val/loss_main"] == pytest.approx(float(ce), rel=1e-4)
+    assert logged["val/loss_features"] == pytest.approx(float(penalty), rel=1e-4)
+    assert {"train/loss", "train/loss_epoch", "train/loss_main", "train/loss_features"} <= set(logged)
+
+
+def test_network_is_a_registered_child_and_checkpoints_keep_their_names() -> None:
+    model = FinetuneClassifier(num_classes=3)
+    assert dict(model.named_children())["network"] is model.network
+    assert not model.eval().network.training and model.train().network.training
+    state = model.state_dict()
+    # One copy of each weight, under the names checkpoints always had (backbone.*, head.*).
+    expected = {f"backbone.{k}" for k in model.backbone.state_dict()} | {f"head.{k}" for k in model.head.state_dict()}
+    assert set(state) == expected
+    assert [name for name, _ in model.named_parameters()][0].startswith("backbone.")
+    other = FinetuneClassifier(num_classes=3)
+    other.load_state_dict(state)  # strict: the network's entries are filled in from backbone.* and head.*
+    for name, tensor in other.network.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_per_sample_losses_only_for_callbacks_that_read_them() -> None:
+    class Reader(Callback):
+        needs_sample_losses = True
+
+    seen: list[bool] = []
+
+    class Spy(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(keys.SAMPLE_LOSS in outputs)
+
+    batch = tiny_batch()
+    loader = DataLoader([{k: v[i] for k, v in batch.items()} for i in range(4)], batch_size=2)
+    for callbacks, expected in (([Spy()], False), ([Spy(), Reader()], True)):
+        seen.clear()
+        model = FinetuneClassifier(num_classes=3)
+        trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=callbacks)
+        trainer.fit(model, loader)
+        assert seen == [expected]
 
 
 def test_global_dice_is_logged_with_its_exact_epoch_value(image_folder) -> None:

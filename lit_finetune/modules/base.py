@@ -1,34 +1,127 @@
-"""``TaskLightningModule``: what ``FinetuneClassifier`` and ``SegmentationModule`` share.
+"""``TaskLightningModule``: what ``FinetuneClassifier`` and ``SegmentationModule`` share, built by composition.
 
-The loss (default from the task, per-class weights, a per-sample copy for callbacks, exact epoch values),
-the shared training/validation/test step and its logging, per-class metrics at epoch end, the optimizer
-and scheduler wiring, freezing and parameter groups, and the checkpoint hooks live here once. A concrete
-module builds its task and its network in ``__init__`` and keeps only what differs (see the class docstring).
+A concrete module builds its :class:`~lit_finetune.tasks.Task`, its network (a plain ``nn.Module`` with a
+``backbone`` and a ``head``), its loss (:func:`resolve_loss`) and its :class:`TrainingOptions`, and hands them to
+the base in one ``super().__init__(...)`` call. The base keeps the rest once: the loss bookkeeping (a per-sample
+copy for callbacks, exact epoch values, one metric per loss term), the training/validation/test steps and their
+logging, per-class metrics at epoch end, the optimizer and scheduler wiring, freezing and parameter groups, and
+the checkpoint hooks.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from copy import deepcopy
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
-from typing_extensions import override
+from typing_extensions import final, override
 
 from lit_finetune import keys
+from lit_finetune.losses import LossMetric, StatisticsLoss
+from lit_finetune.models.stages import backbone_stages
 from lit_finetune.optim.freezing import FreezeSpec, freeze_patterns
 from lit_finetune.optim.freezing import freeze as freeze_parameters
-from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.optim.param_groups import apply_lr_scales, held_groups, parameter_groups
 from lit_finetune.optim.schedulers import WarmupCosineLR
-from lit_finetune.models.stages import backbone_stages
 from lit_finetune.tasks import Task
 
 LOSS_STATE_PREFIXES = ("loss.", "loss_per_sample.", "train_loss.", "val_loss.", "test_loss.")
 """State-dict keys of the loss, of its per-sample copy and of the metrics that wrap it."""
+NETWORK = "network"
+"""Name of the registered network; its parameters are saved under ``backbone.``/``head.`` only (see the class docstring)."""
+STAGES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How a task module trains its network: freezing, learning rates per part, the scheduler, the auxiliary loss.
+
+    Args:
+        freeze: ``"none"``, ``"backbone"``, the number of leading backbone stages, or module/parameter-name globs.
+        train_bn: keep BatchNorm layers inside frozen parts training.
+        head_lr: LR of the head groups; None takes the optimizer's ``lr``.
+        backbone_lr_mult: backbone LR relative to the head LR.
+        layer_decay: layer-wise LR decay over the backbone stages; 1 disables it.
+        no_weight_decay_norm_bias: no weight decay on norm layers, biases and position embeddings/tokens.
+        scheduler_interval: step the scheduler every ``"epoch"`` or every ``"step"``.
+        scheduler_monitor: metric that ``ReduceLROnPlateau`` watches.
+        aux_loss_weight: weight of an auxiliary head's loss (``aux_logits`` of the forward) in training.
+        channels_last: convert the network to the channels-last memory format.
+
+    Raises:
+        ValueError: ``head_lr``, ``backbone_lr_mult``, ``layer_decay`` or ``aux_loss_weight`` out of range.
+    """
+
+    freeze: FreezeSpec = "none"
+    train_bn: bool = False
+    head_lr: float | None = None
+    backbone_lr_mult: float = 1.0
+    layer_decay: float = 1.0
+    no_weight_decay_norm_bias: bool = True
+    scheduler_interval: Literal["epoch", "step"] = "epoch"
+    scheduler_monitor: str = "val/loss"
+    aux_loss_weight: float = 0.0
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        head_lr, mult, decay = self.head_lr, self.backbone_lr_mult, self.layer_decay
+        if mult < 0 or not 0 < decay <= 1 or (head_lr is not None and head_lr <= 0):
+            raise ValueError(
+                f"Need head_lr > 0 (or None), backbone_lr_mult >= 0 and 0 < layer_decay <= 1; got head_lr={head_lr}, "
+                f"backbone_lr_mult={mult}, layer_decay={decay}."
+            )
+        if self.aux_loss_weight < 0:
+            raise ValueError(f"`aux_loss_weight` must be >= 0 (0 removes the auxiliary head), got {self.aux_loss_weight}.")
+
+
+def resolve_loss(
+    task: Task, loss: nn.Module | None, label_smoothing: float = 0.0, weight: Tensor | None = None, weight_options: str = "`class_weights`"
+) -> nn.Module:
+    """The loss a module optimizes: ``loss`` exactly as configured, or the task's default with ``label_smoothing`` and ``weight``.
+
+    Raises:
+        ValueError: ``label_smoothing`` outside [0, 1), or loss weights (named by ``weight_options``) given with a loss of one's own.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
+    if loss is None:
+        return task.default_loss(label_smoothing, weight)
+    if weight is not None:
+        raise ValueError(f"{weight_options} configure the default loss; give them to your own `loss` instead.")
+    return loss
+
+
+def loss_weight(
+    task: Task, value: Literal["auto"] | Sequence[float] | None, class_counts: Sequence[int] | None, num_samples: int | None, option: str
+) -> Tensor | None:
+    """Per-class weights of the default loss from the option ``option``: None, one weight per output, or ``"auto"``.
+
+    ``"auto"`` asks the task for weights from the training label counts (``num_samples``: the images they
+    count; None: their sum) and logs them once, on rank zero.
+
+    Raises:
+        ValueError: ``"auto"`` without ``class_counts``, or a number of weights that is not the number of outputs.
+    """
+    if value is None:
+        return None
+    if value == "auto":
+        if not class_counts:
+            raise ValueError(f"`{option}: auto` needs `class_counts` (filled in from the data by the command line; give them in Python).")
+        weight = task.class_weights(class_counts, int(num_samples or sum(class_counts)))
+        rank_zero_info(f"Loss weights from the training label counts {list(class_counts)}: {[round(float(w), 4) for w in weight]}")
+        return weight
+    weight = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+    if len(weight) != task.num_outputs:
+        raise ValueError(f"{len(weight)} loss weights given in `{option}` for {task.num_outputs} outputs: give one per class.")
+    return weight
 
 
 def per_sample_copy(loss: nn.Module) -> nn.Module:
@@ -51,51 +144,107 @@ def per_sample_copy(loss: nn.Module) -> nn.Module:
     return copy
 
 
+def sample_losses_wanted(trainer: Trainer | None) -> bool:
+    """Whether the steps compute per-sample losses: a callback of ``trainer`` says ``needs_sample_losses = True``.
+
+    Without a trainer (a step called by hand) they are always computed.
+    """
+    return trainer is None or any(getattr(callback, "needs_sample_losses", False) for callback in trainer.callbacks)
+
+
+def epoch_loss_metric(loss: nn.Module) -> Metric:
+    """The metric of the configured loss's epoch value: exact for losses of ``lit_finetune.losses`` that aggregate over
+    the batch (a Dice over all samples, from summed statistics), else the batch values' mean weighted by batch size."""
+    return LossMetric(loss) if isinstance(loss, StatisticsLoss) else MeanMetric()
+
+
+def log_losses(module: TaskLightningModule, stage: str, terms: dict[str, Tensor], logits: Tensor, target: Tensor) -> Tensor:
+    """Update and log the epoch metrics of a step's loss terms; returns their sum (the optimized value).
+
+    One term: ``<stage>/loss`` is the configured loss's exact epoch value. Several: ``<stage>/loss`` is their
+    sum, ``<stage>/loss_main`` the configured loss (the ``loss`` term) and each other term ``<stage>/<name>``.
+    """
+    total = terms[keys.LOSS] if len(terms) == 1 else torch.stack(list(terms.values())).sum()
+    n, main = len(logits), getattr(module, f"{stage}_loss")
+    if keys.LOSS in terms:
+        if isinstance(main, LossMetric):
+            main.update(logits, target)
+        else:
+            main.update(terms[keys.LOSS].detach(), weight=n)
+    epoch_tag = "train/loss_epoch" if stage == "train" else f"{stage}/loss"
+    if len(terms) == 1 and keys.LOSS in terms:
+        module.log(epoch_tag, main, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return total
+    for name, value in {"sum": total, **terms}.items():
+        if name == keys.LOSS:
+            module.log(f"{stage}/loss_main", main, on_step=False, on_epoch=True)
+            continue
+        key = f"{stage}_{name}"
+        metric = term_metric(module, key)
+        metric.update(value.detach(), weight=n)
+        tag, prog_bar = (epoch_tag, stage == "val") if name == "sum" else (f"{stage}/{name}", False)
+        # Created after Lightning listed the module's metrics: named for it.
+        module.log(tag, metric, on_step=False, on_epoch=True, prog_bar=prog_bar, metric_attribute=f"loss_term_metrics.{key}")
+    return total
+
+
+def term_metric(module: TaskLightningModule, key: str) -> Metric:
+    """The running mean of one loss term (created on first use: a subclass's terms are known once it returns them)."""
+    if key not in module.loss_term_metrics:
+        module.loss_term_metrics[key] = MeanMetric().to(module.device)
+    return module.loss_term_metrics[key]
+
+
+def log_class_metrics(module: TaskLightningModule, stage: str) -> None:
+    """Log the per-class values of ``stage`` (dicts, which Lightning cannot log as metric objects: computed and synced here).
+
+    A value that is NaN (a class absent from target and prediction has no IoU) is not logged.
+    """
+    per_class = getattr(module, f"{stage}_class_metrics")
+    if per_class is None or not any(metric.update_called for metric in per_class.values()):
+        return
+    values = dict(per_class.compute().items())
+    module.log_dict({name: value for name, value in values.items() if not bool(torch.as_tensor(value).isnan().any())})
+    per_class.reset()
+
+
 class TaskLightningModule(LightningModule):
     """The part of a task module (a LightningModule that asks a :class:`~lit_finetune.tasks.Task`) that does not depend on the task.
 
-    Not used on its own: subclass it as ``FinetuneClassifier`` and ``SegmentationModule`` do. A subclass's
-    ``__init__`` keeps the full typed signature (LightningCLI reads the options from it) and, in this order:
+    Not used on its own: a subclass keeps a full typed ``__init__`` (LightningCLI reads the options from it),
+    builds its task, network, loss and options, and calls ``super().__init__(...)`` once. The base saves the
+    subclass's arguments as hyperparameters (``loss``, ``optimizer`` and ``lr_scheduler`` left out, so that
+    checkpoints load with ``weights_only=True``), registers ``backbone``, ``head`` and ``network`` and freezes
+    what ``options.freeze`` says. The parameters keep the names ``backbone.*`` and ``head.*``: the network is a
+    registered child too (``train()``/``eval()`` and Lightning's mode restore reach it), but its entries are
+    dropped from ``state_dict()`` and filled in from ``backbone.*``/``head.*`` on load, so checkpoints keep
+    one copy of each weight under the names they always had.
 
-    1. calls :meth:`_check_options`, then ``save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])``
-       itself (Lightning reads the arguments of the calling ``__init__``), then :meth:`_init_task` with its
-       task object and :meth:`_init_normalization`;
-    2. builds ``backbone`` and ``head`` (registered children) and hands the network holding them to
-       :meth:`_attach_network` (kept as ``network``, not registered twice);
-    3. :meth:`_init_freezing`, then :meth:`_init_loss_and_metrics` with the configured loss (or None).
+    Research code overrides the public points: ``forward``, :meth:`loss_terms` (every term it returns is
+    optimized and logged), :meth:`sample_losses`, :meth:`parameter_groups` and :meth:`build_metrics`.
 
-    It provides ``forward(images)`` returning a dict with ``logits`` (``aux_logits`` when an auxiliary head
-    is on in training), and its hyperparameters hold ``label_smoothing``, ``class_weights``, ``class_counts``,
-    ``aux_loss_weight``, ``scheduler_interval``, ``scheduler_monitor``, ``backbone_lr_mult``, ``layer_decay``
-    and ``no_weight_decay_norm_bias``. It overrides :meth:`_loss_weight` (the per-class weights its options
-    give the default loss) and, where it differs, these hooks: :meth:`_step_outputs` (how a step gets its
-    outputs; default ``self(images)``), :meth:`_scores_batch` and :meth:`_reported_target` (which batches
-    the metrics score and the target they and the callbacks see), :meth:`_has_aux_loss`,
-    :meth:`_mean_per_sample` and :meth:`_loggable_class_metrics`.
-
-    Research code overrides the public points: ``forward``, :meth:`loss_terms`, :meth:`compute_loss`,
-    :meth:`sample_losses`, :meth:`parameter_groups` and :meth:`build_metrics`.
+    Args:
+        task: the task (targets, default loss, predictions, metrics).
+        network: an ``nn.Module`` with ``backbone`` and ``head`` whose forward returns ``{"logits": ...}`` (and
+            ``aux_logits`` for an auxiliary head in training) and that has ``backbone_is_frozen()``.
+        loss: the loss that is optimized (see :func:`resolve_loss`); it needs a ``reduction`` attribute.
+        optimizer: the optimizer, given the parameter groups.
+        lr_scheduler: the learning-rate scheduler, given the optimizer; None: constant LR.
+        options: freezing, learning rates per part, the scheduler's interval and monitor, the auxiliary loss weight.
+        backbone_name: the name of the backbone (callbacks and exports read it).
+        image_mean: normalization mean of the input images (callbacks show the images with it).
+        image_std: likewise, the normalization std.
 
     Raises:
-        ValueError: from the helpers: ``label_smoothing`` or the LR options out of range, loss weights given
-            with a loss of one's own, or a loss without ``reduction``.
+        ValueError: a loss without ``reduction``.
 
     Example::
 
         class MyModule(TaskLightningModule):
-            def __init__(self, num_classes: int, loss: nn.Module | None = None, ...) -> None:  # every option typed
-                super().__init__()
-                self._check_options(label_smoothing, head_lr, backbone_lr_mult, layer_decay)
-                self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
-                self._init_task(build_task("multiclass", num_classes), backbone, weights, optimizer, lr_scheduler)
-                self._init_normalization(image_mean, image_std, (IMAGENET_MEAN, IMAGENET_STD))
-                self.backbone, self.head = my_backbone(), nn.Linear(512, num_classes)
-                self._attach_network(ClassifierNetwork(self.backbone, self.head), channels_last=False)
-                self._init_freezing(freeze, train_bn, head_lr)
-                self._init_loss_and_metrics(loss)
-
-            def forward(self, images: Tensor) -> dict[str, Tensor]:
-                return self.network(images)
+            def __init__(self, num_classes: int, lr: float = 1e-3) -> None:  # every option typed
+                task = build_task("multiclass", num_classes)
+                network = ClassifierNetwork(*create_backbone("resnet18", None, num_classes)[:1], nn.Linear(512, num_classes))
+                super().__init__(task, network, resolve_loss(task, None), partial(torch.optim.AdamW, lr=lr))
     """
 
     task: Task
@@ -103,61 +252,56 @@ class TaskLightningModule(LightningModule):
     head: nn.Module
     network: nn.Module
 
-    _loss_weight_options = "`class_weights`"
-    """The options that weight the default loss, as errors name them."""
-
-    # ------------------------------------------------------------------ building (called by subclasses' __init__)
-    @staticmethod
-    def _check_options(label_smoothing: float, head_lr: float | None, backbone_lr_mult: float, layer_decay: float) -> None:
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
-        if backbone_lr_mult < 0 or not 0 < layer_decay <= 1 or (head_lr is not None and head_lr <= 0):
-            raise ValueError(
-                f"Need head_lr > 0 (or None), backbone_lr_mult >= 0 and 0 < layer_decay <= 1; got head_lr={head_lr}, "
-                f"backbone_lr_mult={backbone_lr_mult}, layer_decay={layer_decay}."
-            )
-
-    def _init_task(
-        self, task: Task, backbone: str, weights: str | None, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None
+    def __init__(
+        self,
+        task: Task,
+        network: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        options: TrainingOptions | None = None,
+        backbone_name: str = "",
+        image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        image_std: Sequence[float] = (0.229, 0.224, 0.225),
     ) -> None:
+        super().__init__()
+        # The arguments of the subclass's __init__ (and of any subclass of it), not this one's.
+        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"], frame=inspect.currentframe().f_back)  # type: ignore[union-attr]
+        self.options = options = options or TrainingOptions()
         self.task = task
-        self.num_classes = task.num_classes
-        self.num_outputs = task.num_outputs
-        self.class_names = task.class_names
-        self.backbone_name = backbone
-        self.weights = weights
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = lr_scheduler
+        self.num_classes, self.num_outputs, self.class_names = task.num_classes, task.num_outputs, task.class_names
+        self.backbone_name = backbone_name
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.sample_losses_wanted = True  # whether the steps return per-sample losses: set from the callbacks in `setup`
 
-    def _init_normalization(self, image_mean: tuple[float, ...] | None, image_std: tuple[float, ...] | None, default: tuple[Any, Any]) -> None:
-        self.image_mean = tuple(image_mean) if image_mean is not None else default[0]
-        self.image_std = tuple(image_std) if image_std is not None else default[1]
-
-    def _attach_network(self, network: nn.Module, channels_last: bool) -> None:
-        # The network as a plain nn.Module (not registered twice): export and research code use it.
-        self.__dict__["network"] = network
-        if channels_last:  # before the optimizer and any DDP wrapping see the parameters
+        # backbone and head first: parameter and module names are those of their first registration.
+        self.backbone, self.head = network.backbone, network.head
+        self.network = network
+        self.register_state_dict_post_hook(_drop_network_entries)
+        self.register_load_state_dict_pre_hook(_fill_network_entries)
+        if options.channels_last:  # before the optimizer and any DDP wrapping see the parameters
             self.to(memory_format=torch.channels_last)
 
-    def _init_freezing(self, freeze: FreezeSpec, train_bn: bool, head_lr: float | None) -> None:
-        self.head_lr = head_lr
+        self.head_lr = options.head_lr  # the LR finder sets it
         self.stages = backbone_stages(self.backbone)
-        self.frozen_parameters = set(freeze_parameters(self, freeze_patterns(freeze, self.stages), train_bn=train_bn))
+        self.frozen_parameters = set(freeze_parameters(self, freeze_patterns(options.freeze, self.stages), train_bn=options.train_bn))
 
-    def _init_loss_and_metrics(self, loss: nn.Module | None) -> None:
-        self.loss = self._prepare_loss(loss)
-        self.loss_per_sample = per_sample_copy(self.loss)
-        self.train_loss, self.val_loss, self.test_loss = (self._epoch_loss_metric(stage) for stage in ("train", "val", "test"))
+        self.loss = loss
+        self.loss_per_sample = per_sample_copy(loss)
+        self.train_loss, self.val_loss, self.test_loss = (epoch_loss_metric(loss) for _ in STAGES)
         self.loss_term_metrics = nn.ModuleDict()
         metrics = self.build_metrics()
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        class_metrics = self.task.build_class_metrics()
+        self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone(prefix=f"{stage}/") for stage in STAGES)
+        class_metrics = task.build_class_metrics()
         self.val_class_metrics = class_metrics.clone(prefix="val/") if class_metrics is not None else None
         self.test_class_metrics = class_metrics.clone(prefix="test/") if class_metrics is not None else None
 
     # ------------------------------------------------------------------ override points
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """Logits of ``images`` (``(N, 3, H, W)``, normalized): the network's dict (``aux_logits`` too, from an auxiliary head in training)."""
+        return self.network(images)
+
     def build_metrics(self) -> MetricCollection:
         """Metrics computed on train, val and test (torchmetrics, reduced correctly under DDP): the task's.
 
@@ -166,7 +310,7 @@ class TaskLightningModule(LightningModule):
         return self.task.build_metrics()
 
     def loss_terms(self, outputs: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
-        """The loss terms of a batch, each a scalar, already weighted; their sum is optimized.
+        """The loss terms of a batch, each a scalar, already weighted; their sum is optimized and each is logged.
 
         ``loss``: the configured loss on the logits, exactly as configured; ``loss_aux``: the auxiliary head
         (inception_v3; fcn and deeplabv3 with a ResNet) in training, times ``aux_loss_weight``. A subclass adds
@@ -175,22 +319,22 @@ class TaskLightningModule(LightningModule):
         """
         terms = {keys.LOSS: self.loss(outputs[keys.LOGITS], target).mean()}
         if keys.AUX_LOGITS in outputs:
-            terms["loss_aux"] = self.hparams.aux_loss_weight * self.loss(outputs[keys.AUX_LOGITS], target).mean()
+            terms["loss_aux"] = self.options.aux_loss_weight * self.loss(outputs[keys.AUX_LOGITS], target).mean()
         return terms
 
+    @final
     def compute_loss(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:
-        """The scalar that is optimized: the sum of :meth:`loss_terms`."""
+        """The scalar that is optimized: the sum of :meth:`loss_terms` (for scripts and callbacks; override ``loss_terms``)."""
         return torch.stack(list(self.loss_terms(outputs, target).values())).sum()
 
     @torch.no_grad()
     def sample_losses(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:
         """Detached per-sample values of the configured loss, shape ``(N,)``, for callbacks (best/worst samples).
 
-        A loss with more than one value per sample (per label, per pixel) is averaged per sample; segmentation
-        averages over the labeled pixels.
+        A loss with more than one value per sample (per label) is averaged per sample.
         """
         loss = self.loss_per_sample(outputs[keys.LOGITS].detach(), target)
-        return self._mean_per_sample(loss, target) if loss.ndim > 1 else loss
+        return loss.flatten(1).mean(1) if loss.ndim > 1 else loss
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Parameter groups handed to the optimizer (each may set its own ``lr``/``weight_decay``; ``name`` shows in LearningRateMonitor).
@@ -203,9 +347,9 @@ class TaskLightningModule(LightningModule):
         return parameter_groups(
             self,
             self.stages,
-            backbone_lr_mult=self.hparams.backbone_lr_mult,
-            layer_decay=self.hparams.layer_decay,
-            no_weight_decay_norm_bias=self.hparams.no_weight_decay_norm_bias,
+            backbone_lr_mult=self.options.backbone_lr_mult,
+            layer_decay=self.options.layer_decay,
+            no_weight_decay_norm_bias=self.options.no_weight_decay_norm_bias,
             exclude=self.frozen_parameters,
             keep_separate=held_groups(self._trainer),  # stages an unfreeze schedule warms up keep their own groups
         )
@@ -218,104 +362,37 @@ class TaskLightningModule(LightningModule):
         """Targets as the loss expects them (the task checks them and says what is wrong)."""
         return self.task.prepare_target(target)
 
-    # ------------------------------------------------------------------ hooks of the subclasses
-    def _loss_weight(self) -> Tensor | None:
-        """Per-class weights of the default loss from the module's options; None: unweighted."""
-        return None
-
-    def _has_aux_loss(self, stage: str) -> bool:
-        """Whether ``stage``'s loss may hold an auxiliary head's term (the epoch loss is then a batch mean)."""
-        return False
-
-    def _mean_per_sample(self, loss: Tensor, target: Tensor) -> Tensor:
-        """One value per sample of a loss with more than one value per sample."""
-        return loss.flatten(1).mean(1)
-
     def _step_outputs(self, batch: dict, stage: str) -> dict[str, Tensor]:
-        """The forward of a step."""
+        """The forward of a step (the classifier adds test-time augmentation, cached features and compiled parts)."""
         return self(batch[keys.IMAGE])
 
-    def _scores_batch(self, batch: dict) -> bool:
-        """Whether the metrics score this batch."""
-        return True
-
-    def _reported_target(self, batch: dict, target: Tensor) -> Tensor:
-        """The target the metrics score and the step output holds (``target``: the prepared one)."""
-        return target
-
-    def _loggable_class_metrics(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The per-class values that are logged."""
-        return values
-
-    # ------------------------------------------------------------------ helpers
-    def _prepare_loss(self, loss: nn.Module | None) -> nn.Module:
-        weight = self._loss_weight()
-        if loss is None:
-            return self.task.default_loss(self.hparams.label_smoothing, weight)
-        if weight is not None:
-            raise ValueError(f"{self._loss_weight_options} configure the default loss; give them to your own `loss` instead.")
-        return loss
-
-    def _epoch_loss_metric(self, stage: str) -> Metric:
-        # Losses of lit_finetune.losses that aggregate globally (a Dice over all samples) get their exact
-        # epoch value from summed statistics (when the module optimizes that loss alone); for the others
-        # the epoch value is the mean of the batch losses weighted by batch size (reduces under DDP).
-        alone = type(self).loss_terms is TaskLightningModule.loss_terms and type(self).compute_loss is TaskLightningModule.compute_loss
-        if isinstance(self.loss, StatisticsLoss) and alone and not self._has_aux_loss(stage):
-            return LossMetric(self.loss)
-        return MeanMetric()
-
-    def _log_losses(self, stage: str, terms: dict[str, Tensor], total: Tensor, logits: Tensor, target: Tensor) -> None:
-        metric, n = getattr(self, f"{stage}_loss"), len(logits)
-        if isinstance(metric, LossMetric):
-            metric.update(logits, target)
-        else:
-            metric.update(total.detach(), weight=n)
-        if len(terms) > 1:
-            for name, value in terms.items():
-                key = f"{stage}_{name}"
-                if key not in self.loss_term_metrics:
-                    self.loss_term_metrics[key] = MeanMetric().to(self.device)
-                self.loss_term_metrics[key].update(value.detach(), weight=n)
-                tag = f"{stage}/loss_main" if name == keys.LOSS else f"{stage}/{name}"
-                self.log(tag, self.loss_term_metrics[key], on_step=False, on_epoch=True)
-
+    # ------------------------------------------------------------------ the shared step
     def _shared_step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         target = self.prepare_target(batch[keys.TARGET])
         outputs = self._step_outputs(batch, stage)
-        terms = self.loss_terms(outputs, target) if type(self).compute_loss is TaskLightningModule.compute_loss else None
-        total = torch.stack(list(terms.values())).sum() if terms is not None else self.compute_loss(outputs, target)
         logits = outputs[keys.LOGITS].detach()
-        self._log_losses(stage, terms or {keys.LOSS: total}, total, logits, target)
-        reported = self._reported_target(batch, target)
-        if self._scores_batch(batch):
-            inputs = self.task.metric_inputs(logits, reported)
+        total = log_losses(self, stage, self.loss_terms(outputs, target), logits, target)
+        # A mixed batch or soft targets are not scored against hard labels.
+        if not (batch.get(keys.MIXED, False) or self.task.is_soft(batch[keys.TARGET])):
+            inputs = self.task.metric_inputs(logits, batch[keys.TARGET])
             getattr(self, f"{stage}_metrics").update(*inputs)
             per_class = getattr(self, f"{stage}_class_metrics", None)
             if per_class is not None:
                 per_class.update(*inputs)
-        return {
-            keys.LOSS: total,
-            keys.SAMPLE_LOSS: self.sample_losses(outputs, target),
-            keys.LOGITS: logits,
-            keys.TARGET: reported,
-            keys.INDEX: batch[keys.INDEX],
-        }
-
-    def _log_class_metrics(self, stage: str) -> None:
-        # Per-class values are dicts, which Lightning cannot log as metric objects: computed (and synced) here.
-        per_class = getattr(self, f"{stage}_class_metrics")
-        if per_class is None or not any(metric.update_called for metric in per_class.values()):
-            return
-        self.log_dict(self._loggable_class_metrics(dict(per_class.compute().items())))
-        per_class.reset()
+        out = {keys.LOSS: total, keys.LOGITS: logits, keys.TARGET: batch[keys.TARGET], keys.INDEX: batch[keys.INDEX]}
+        if self.sample_losses_wanted:
+            out[keys.SAMPLE_LOSS] = self.sample_losses(outputs, target)
+        return out
 
     # ------------------------------------------------------------------ Lightning hooks
+    @override
+    def setup(self, stage: str) -> None:
+        self.sample_losses_wanted = sample_losses_wanted(self._trainer)
+
     @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self._shared_step(batch, "train")
         self.log("train/loss", out[keys.LOSS], on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         if any(metric.update_called for metric in self.train_metrics.values()):  # not while every batch is mixed
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return out
@@ -324,24 +401,22 @@ class TaskLightningModule(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self._shared_step(batch, "val")
         # Logged as metric objects: Lightning computes them once per epoch over all samples (and ranks).
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
         return out
 
     @override
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self._shared_step(batch, "test")
-        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
         return out
 
     @override
     def on_validation_epoch_end(self) -> None:
-        self._log_class_metrics("val")
+        log_class_metrics(self, "val")
 
     @override
     def on_test_epoch_end(self) -> None:
-        self._log_class_metrics("test")
+        log_class_metrics(self, "test")
 
     @override
     def configure_optimizers(self) -> Any:
@@ -350,13 +425,14 @@ class TaskLightningModule(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        interval = self.options.scheduler_interval
         if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
             # The schedule spans the whole run: optimizer steps (interval "step") or epochs.
-            steps = self.trainer.estimated_stepping_batches if self.hparams.scheduler_interval == "step" else self.trainer.max_epochs
+            steps = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
             scheduler.total_steps = int(steps)
-        config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        config = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.hparams.scheduler_monitor
+            config["monitor"] = self.options.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     @override
@@ -378,3 +454,19 @@ class TaskLightningModule(LightningModule):
             for key in [k for k in state if k.startswith(LOSS_STATE_PREFIXES)]:
                 del state[key]
             state.update(own)
+
+
+def _drop_network_entries(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    # The network's tensors are the backbone's and the head's, already saved under their own names.
+    for key in [k for k in state_dict if k.startswith(f"{prefix}{NETWORK}.")]:
+        del state_dict[key]
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        for key in [k for k in metadata if k == f"{prefix}{NETWORK}" or k.startswith(f"{prefix}{NETWORK}.")]:
+            del metadata[key]
+
+
+def _fill_network_entries(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    # The inverse of _drop_network_entries: the network loads the same tensors as the backbone and the head.
+    for key in [k for k in state_dict if k.startswith((f"{prefix}backbone.", f"{prefix}head."))]:
+        state_dict.setdefault(f"{prefix}{NETWORK}.{key[len(prefix):]}", state_dict[key])

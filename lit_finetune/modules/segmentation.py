@@ -5,12 +5,13 @@ dict outputs with ``logits`` ``(N, C, H, W)`` and per-sample losses for the call
 loss optimized as configured, optimizer and scheduler callables, and freezing, per-stage LRs,
 layer-wise LR decay and unfreeze schedules through the same helpers; the loss, steps, logging, optimizer and
 checkpoint hooks are ``TaskLightningModule``'s (``lit_finetune.modules.base``), shared with ``FinetuneClassifier``.
-Override ``build_network``, ``forward``, ``loss_terms`` or ``parameter_groups`` in research code.
+Override ``build_network``, ``forward``, ``loss_terms``, ``sample_losses`` or ``parameter_groups`` in research code.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -19,16 +20,45 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.models.backbones import resolve_weights
 from lit_finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from lit_finetune.optim.freezing import FreezeSpec
+from lit_finetune.models.backbones import resolve_weights
 from lit_finetune.models.segmenters import build_segmenter
-from lit_finetune.modules.base import TaskLightningModule
+from lit_finetune.modules.base import TaskLightningModule, TrainingOptions, loss_weight, resolve_loss
+from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)
 
 Palette = list[tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """What :meth:`SegmentationModule.build_network` builds from: the arguments of :func:`~lit_finetune.models.segmenters.build_segmenter`.
+
+    Args:
+        name: a torchvision segmentation model or a classification backbone used as the encoder.
+        num_classes: output maps (the task's outputs).
+        weights: weights name or local state_dict of ``name``.
+        weights_backbone: torchvision segmentation models only: ImageNet weights of their backbone.
+        aux_loss: keep the auxiliary classifier (fcn, deeplabv3 with a ResNet).
+        decoder_channels: encoders only: widths of the U-Net decoder blocks, coarsest first.
+        decoder_dropout: encoders only: dropout before the final 1x1 convolution.
+        channels_last: channels-last inputs.
+        trust_pickle: allow a local weights file holding a whole pickled model.
+        backbone_kwargs: encoders only: extra arguments of the torchvision builder.
+    """
+
+    name: str
+    num_classes: int
+    weights: str | None = None
+    weights_backbone: str | None = None
+    aux_loss: bool = True
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
+    decoder_dropout: float = 0.0
+    channels_last: bool = False
+    trust_pickle: bool = False
+    backbone_kwargs: dict[str, Any] | None = None
 
 
 def weights_statistics(backbone: str, weights: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -143,88 +173,49 @@ class SegmentationModule(TaskLightningModule):
         no_weight_decay_norm_bias: bool = True,
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        self._check_options(label_smoothing, head_lr, backbone_lr_mult, layer_decay)
-        if aux_loss_weight < 0:
-            raise ValueError(f"`aux_loss_weight` must be >= 0 (0 removes the auxiliary head), got {aux_loss_weight}.")
+        options = TrainingOptions(
+            freeze, train_bn, head_lr, backbone_lr_mult, layer_decay, no_weight_decay_norm_bias,
+            scheduler_interval, scheduler_monitor, aux_loss_weight, channels_last,
+        )  # fmt: skip
         if palette is not None and len(palette) < num_classes:
             raise ValueError(f"`palette` has {len(palette)} colours for {num_classes} classes: give one RGB triple per class.")
-        # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
-        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
-        self._init_task(SegmentationTask(num_classes, class_names, task, ignore_index, threshold), backbone, weights, optimizer, lr_scheduler)
+        task_object = SegmentationTask(num_classes, class_names, task, ignore_index, threshold)
+        weight = loss_weight(task_object, class_weights, class_counts, None, "class_weights")
+        loss = resolve_loss(task_object, loss, label_smoothing, weight)
+        spec = SegmenterSpec(
+            backbone, task_object.num_outputs, weights, weights_backbone, aux_loss_weight > 0, tuple(decoder_channels or (256, 128, 64, 32)),
+            decoder_dropout, channels_last, trust_pickle, backbone_kwargs,
+        )  # fmt: skip
+        mean, std = weights_statistics(backbone, weights)
+        super().__init__(task_object, self.build_network(spec), loss, optimizer, lr_scheduler, options, backbone, image_mean or mean, image_std or std)
+        self.weights = weights
         self.palette: Palette | None = [tuple(int(v) for v in color) for color in palette] if palette is not None else None
-        self._init_normalization(image_mean, image_std, weights_statistics(backbone, weights))
-
-        network = self.build_network()
-        self.backbone, self.head = network.backbone, network.head
-        self._attach_network(network, channels_last)
-        self._init_freezing(self.hparams.freeze, train_bn, head_lr)
-        self._init_loss_and_metrics(loss)
 
     # ------------------------------------------------------------------ override points
-    def build_network(self) -> nn.Module:
-        """The segmentation network: an ``nn.Module`` with ``backbone`` and ``head`` whose forward returns ``{"logits": ...}``."""
-        hp = self.hparams
-        return build_segmenter(
-            self.backbone_name,
-            self.num_outputs,
-            weights=self.weights,
-            weights_backbone=hp.weights_backbone,
-            aux_loss=hp.aux_loss_weight > 0,
-            decoder_channels=hp.decoder_channels or (256, 128, 64, 32),
-            decoder_dropout=hp.decoder_dropout,
-            channels_last=hp.channels_last,
-            trust_pickle=hp.trust_pickle,
-            backbone_kwargs=hp.backbone_kwargs,
-        )
+    def build_network(self, spec: SegmenterSpec) -> nn.Module:
+        """The segmentation network: an ``nn.Module`` with ``backbone`` and ``head`` whose forward returns ``{"logits": ...}``.
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """Logits ``(N, C, H, W)`` of ``images`` (``(N, 3, H, W)``, normalized) at their size; ``aux_logits`` in training."""
-        # The network is no registered child, so neither `eval()` nor Lightning's mode restore reaches its own flag.
-        if self.network.training != self.training:
-            self.network.training = self.training
-        return self.network(images)
+        Called by ``__init__`` before the module is set up: use ``spec``, not ``self``'s attributes.
+        """
+        return build_segmenter(**asdict(spec))
 
-    # ------------------------------------------------------------------ hooks of TaskLightningModule
-    @override
-    def _loss_weight(self) -> Tensor | None:
-        value = self.hparams.class_weights
-        if value is None:
-            return None
-        if value == "auto":
-            counts = self.hparams.class_counts
-            if not counts:
-                raise ValueError("class_weights='auto' needs `class_counts` (labeled pixels per class); give them or give the weights.")
-            weight = self.task.class_weights(counts, int(sum(counts)))
-            log.info("Loss weights from the pixel counts %s: %s", list(counts), [round(float(w), 4) for w in weight])
-            return weight
-        if len(value) != self.num_outputs:
-            raise ValueError(f"{len(value)} class weights given for {self.num_outputs} classes: give one per class.")
-        return torch.as_tensor(value, dtype=torch.float32)
-
-    @override
-    def _has_aux_loss(self, stage: str) -> bool:
-        # The auxiliary classifier (fcn, deeplabv3) only adds its term in training.
-        return stage == "train" and "aux_classifier" in getattr(self.head, "keys", lambda: [])()
-
-    @override
-    def _mean_per_sample(self, loss: Tensor, target: Tensor) -> Tensor:
-        # A per-pixel loss: its mean over the labeled pixels.
-        loss = loss.flatten(1)
-        ignore = self.task.ignore_index
+    @torch.no_grad()
+    def sample_losses(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:
+        """Detached per-sample values of the configured loss, shape ``(N,)``: a per-pixel loss is averaged over each
+        sample's labeled pixels."""
+        loss = self.loss_per_sample(outputs[keys.LOGITS].detach(), target)
+        if loss.ndim == 1:
+            return loss
+        loss, ignore = loss.flatten(1), self.task.ignore_index
         if ignore is None or loss.shape[1] != target[0].numel():
             return loss.mean(1)
         labeled = (target.reshape(len(target), -1) != ignore).float()
         return (loss * labeled).sum(1) / labeled.sum(1).clamp_min(1)
 
-    @override
-    def _loggable_class_metrics(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        # A class absent from target and prediction has no IoU (NaN): it is not logged.
-        return {name: value for name, value in values.items() if not bool(value.isnan())}
-
     # ------------------------------------------------------------------ Lightning hooks
     @override
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         palette = getattr(datamodule, "palette", None)
         if self.palette is None and palette:
