@@ -1,8 +1,8 @@
 """``TaskLightningModule``: what ``FinetuneClassifier`` and ``SegmentationModule`` share, built by composition.
 
 A concrete module builds its :class:`~lit_finetune.tasks.Task`, its network (a plain ``nn.Module`` with a
-``backbone`` and a ``head``), its loss (:func:`resolve_loss`) and its :class:`TrainingOptions`, and hands them to
-the base in one ``super().__init__(...)`` call. The base keeps the rest once: the loss bookkeeping (a per-sample
+``backbone`` and a ``head``), its loss (``resolve_loss``) and its ``TrainingOptions`` (``lit_finetune.modules.options``),
+and hands them to the base in one ``super().__init__(...)`` call. The base keeps the rest once: the loss bookkeeping (a per-sample
 copy for callbacks, exact epoch values, one metric per loss term), the training/validation/test steps and their
 logging, per-class metrics at epoch end, the optimizer and scheduler wiring, freezing and parameter groups, and
 the checkpoint hooks.
@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from copy import deepcopy
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics import MetricCollection
 from typing_extensions import final, override
 
 from lit_finetune import keys
-from lit_finetune.losses import LossMetric, StatisticsLoss
+from lit_finetune.losses import LossMetric
 from lit_finetune.models.stages import backbone_stages
-from lit_finetune.optim.freezing import FreezeSpec, freeze_patterns
+from lit_finetune.modules.epoch_metrics import epoch_loss_metric, log_class_metrics, log_epoch_metrics, sample_losses_wanted, update_losses
+from lit_finetune.modules.options import TrainingOptions, loss_weight, per_sample_copy, resolve_loss
 from lit_finetune.optim.freezing import freeze as freeze_parameters
+from lit_finetune.optim.freezing import freeze_patterns
 from lit_finetune.optim.param_groups import apply_lr_scales, held_groups, parameter_groups
 from lit_finetune.optim.schedulers import WarmupCosineLR
 from lit_finetune.tasks import Task
@@ -38,174 +37,7 @@ LOSS_STATE_PREFIXES = ("loss.", "loss_per_sample.", "train_loss.", "val_loss.", 
 NETWORK = "network"
 """Name of the registered network; its parameters are saved under ``backbone.``/``head.`` only (see the class docstring)."""
 STAGES = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class TrainingOptions:
-    """How a task module trains its network: freezing, learning rates per part, the scheduler, the auxiliary loss.
-
-    Args:
-        freeze: ``"none"``, ``"backbone"``, the number of leading backbone stages, or module/parameter-name globs.
-        train_bn: keep BatchNorm layers inside frozen parts training.
-        head_lr: LR of the head groups; None takes the optimizer's ``lr``.
-        backbone_lr_mult: backbone LR relative to the head LR.
-        layer_decay: layer-wise LR decay over the backbone stages; 1 disables it.
-        no_weight_decay_norm_bias: no weight decay on norm layers, biases and position embeddings/tokens.
-        scheduler_interval: step the scheduler every ``"epoch"`` or every ``"step"``.
-        scheduler_monitor: metric that ``ReduceLROnPlateau`` watches.
-        aux_loss_weight: weight of an auxiliary head's loss (``aux_logits`` of the forward) in training.
-        channels_last: convert the network to the channels-last memory format.
-
-    Raises:
-        ValueError: ``head_lr``, ``backbone_lr_mult``, ``layer_decay`` or ``aux_loss_weight`` out of range.
-    """
-
-    freeze: FreezeSpec = "none"
-    train_bn: bool = False
-    head_lr: float | None = None
-    backbone_lr_mult: float = 1.0
-    layer_decay: float = 1.0
-    no_weight_decay_norm_bias: bool = True
-    scheduler_interval: Literal["epoch", "step"] = "epoch"
-    scheduler_monitor: str = "val/loss"
-    aux_loss_weight: float = 0.0
-    channels_last: bool = False
-
-    def __post_init__(self) -> None:
-        head_lr, mult, decay = self.head_lr, self.backbone_lr_mult, self.layer_decay
-        if mult < 0 or not 0 < decay <= 1 or (head_lr is not None and head_lr <= 0):
-            raise ValueError(
-                f"Need head_lr > 0 (or None), backbone_lr_mult >= 0 and 0 < layer_decay <= 1; got head_lr={head_lr}, "
-                f"backbone_lr_mult={mult}, layer_decay={decay}."
-            )
-        if self.aux_loss_weight < 0:
-            raise ValueError(f"`aux_loss_weight` must be >= 0 (0 removes the auxiliary head), got {self.aux_loss_weight}.")
-
-
-def resolve_loss(
-    task: Task, loss: nn.Module | None, label_smoothing: float = 0.0, weight: Tensor | None = None, weight_options: str = "`class_weights`"
-) -> nn.Module:
-    """The loss a module optimizes: ``loss`` exactly as configured, or the task's default with ``label_smoothing`` and ``weight``.
-
-    Raises:
-        ValueError: ``label_smoothing`` outside [0, 1), or loss weights (named by ``weight_options``) given with a loss of one's own.
-    """
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
-    if loss is None:
-        return task.default_loss(label_smoothing, weight)
-    if weight is not None:
-        raise ValueError(f"{weight_options} configure the default loss; give them to your own `loss` instead.")
-    return loss
-
-
-def loss_weight(
-    task: Task, value: Literal["auto"] | Sequence[float] | None, class_counts: Sequence[int] | None, num_samples: int | None, option: str
-) -> Tensor | None:
-    """Per-class weights of the default loss from the option ``option``: None, one weight per output, or ``"auto"``.
-
-    ``"auto"`` asks the task for weights from the training label counts (``num_samples``: the images they
-    count; None: their sum) and logs them once, on rank zero.
-
-    Raises:
-        ValueError: ``"auto"`` without ``class_counts``, or a number of weights that is not the number of outputs.
-    """
-    if value is None:
-        return None
-    if value == "auto":
-        if not class_counts:
-            raise ValueError(f"`{option}: auto` needs `class_counts` (filled in from the data by the command line; give them in Python).")
-        weight = task.class_weights(class_counts, int(num_samples or sum(class_counts)))
-        rank_zero_info(f"Loss weights from the training label counts {list(class_counts)}: {[round(float(w), 4) for w in weight]}")
-        return weight
-    weight = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
-    if len(weight) != task.num_outputs:
-        raise ValueError(f"{len(weight)} loss weights given in `{option}` for {task.num_outputs} outputs: give one per class.")
-    return weight
-
-
-def per_sample_copy(loss: nn.Module) -> nn.Module:
-    """A copy of ``loss`` that returns one value per sample, for callbacks (the configured loss is left as it is).
-
-    ``reduction="none"``; losses of ``lit_finetune.losses`` that aggregate over the batch score each sample
-    on its own (``aggregation="per_sample"``).
-    """
-    if not hasattr(loss, "reduction"):
-        raise ValueError(
-            f"The loss {type(loss).__name__} has no `reduction` attribute: the module needs a per-sample value of it "
-            "for the callbacks (reduction='none'). Give it a `reduction` argument or override `sample_losses`."
-        )
-    copy = deepcopy(loss)
-    copy.reduction = "none"
-    if getattr(copy, "aggregation", None) == "global":
-        copy.aggregation = "per_sample"
-    for param in copy.parameters():
-        param.requires_grad_(False)
-    return copy
-
-
-def sample_losses_wanted(trainer: Trainer | None) -> bool:
-    """Whether the steps compute per-sample losses: a callback of ``trainer`` says ``needs_sample_losses = True``.
-
-    Without a trainer (a step called by hand) they are always computed.
-    """
-    return trainer is None or any(getattr(callback, "needs_sample_losses", False) for callback in trainer.callbacks)
-
-
-def epoch_loss_metric(loss: nn.Module) -> Metric:
-    """The metric of the configured loss's epoch value: exact for losses of ``lit_finetune.losses`` that aggregate over
-    the batch (a Dice over all samples, from summed statistics), else the batch values' mean weighted by batch size."""
-    return LossMetric(loss) if isinstance(loss, StatisticsLoss) else MeanMetric()
-
-
-def log_losses(module: TaskLightningModule, stage: str, terms: dict[str, Tensor], logits: Tensor, target: Tensor) -> Tensor:
-    """Update and log the epoch metrics of a step's loss terms; returns their sum (the optimized value).
-
-    One term: ``<stage>/loss`` is the configured loss's exact epoch value. Several: ``<stage>/loss`` is their
-    sum, ``<stage>/loss_main`` the configured loss (the ``loss`` term) and each other term ``<stage>/<name>``.
-    """
-    total = terms[keys.LOSS] if len(terms) == 1 else torch.stack(list(terms.values())).sum()
-    n, main = len(logits), getattr(module, f"{stage}_loss")
-    if keys.LOSS in terms:
-        if isinstance(main, LossMetric):
-            main.update(logits, target)
-        else:
-            main.update(terms[keys.LOSS].detach(), weight=n)
-    epoch_tag = "train/loss_epoch" if stage == "train" else f"{stage}/loss"
-    if len(terms) == 1 and keys.LOSS in terms:
-        module.log(epoch_tag, main, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        return total
-    for name, value in {"sum": total, **terms}.items():
-        if name == keys.LOSS:
-            module.log(f"{stage}/loss_main", main, on_step=False, on_epoch=True)
-            continue
-        key = f"{stage}_{name}"
-        metric = term_metric(module, key)
-        metric.update(value.detach(), weight=n)
-        tag, prog_bar = (epoch_tag, stage == "val") if name == "sum" else (f"{stage}/{name}", False)
-        # Created after Lightning listed the module's metrics: named for it.
-        module.log(tag, metric, on_step=False, on_epoch=True, prog_bar=prog_bar, metric_attribute=f"loss_term_metrics.{key}")
-    return total
-
-
-def term_metric(module: TaskLightningModule, key: str) -> Metric:
-    """The running mean of one loss term (created on first use: a subclass's terms are known once it returns them)."""
-    if key not in module.loss_term_metrics:
-        module.loss_term_metrics[key] = MeanMetric().to(module.device)
-    return module.loss_term_metrics[key]
-
-
-def log_class_metrics(module: TaskLightningModule, stage: str) -> None:
-    """Log the per-class values of ``stage`` (dicts, which Lightning cannot log as metric objects: computed and synced here).
-
-    A value that is NaN (a class absent from target and prediction has no IoU) is not logged.
-    """
-    per_class = getattr(module, f"{stage}_class_metrics")
-    if per_class is None or not any(metric.update_called for metric in per_class.values()):
-        return
-    values = dict(per_class.compute().items())
-    module.log_dict({name: value for name, value in values.items() if not bool(torch.as_tensor(value).isnan().any())})
-    per_class.reset()
+__all__ = ["LOSS_STATE_PREFIXES", "TaskLightningModule", "TrainingOptions", "loss_weight", "per_sample_copy", "resolve_loss"]
 
 
 class TaskLightningModule(LightningModule):
@@ -273,7 +105,8 @@ class TaskLightningModule(LightningModule):
         self.backbone_name = backbone_name
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
-        self.sample_losses_wanted = True  # whether the steps return per-sample losses: set from the callbacks in `setup`
+        self.sample_losses_wanted = True  # whether the steps return per-sample losses: asked of the callbacks in `setup`
+        self._stage: str | None = None  # the stage of the step under way (its LossMetric computes the configured loss)
 
         # backbone and head first: parameter and module names are those of their first registration.
         self.backbone, self.head = network.backbone, network.head
@@ -298,10 +131,6 @@ class TaskLightningModule(LightningModule):
         self.test_class_metrics = class_metrics.clone(prefix="test/") if class_metrics is not None else None
 
     # ------------------------------------------------------------------ override points
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """Logits of ``images`` (``(N, 3, H, W)``, normalized): the network's dict (``aux_logits`` too, from an auxiliary head in training)."""
-        return self.network(images)
-
     def build_metrics(self) -> MetricCollection:
         """Metrics computed on train, val and test (torchmetrics, reduced correctly under DDP): the task's.
 
@@ -317,7 +146,14 @@ class TaskLightningModule(LightningModule):
         terms here. With more than one term, ``<stage>/loss`` is their sum and each is also logged:
         ``<stage>/loss_main``, ``<stage>/loss_aux``, ``<stage>/<name>``.
         """
-        terms = {keys.LOSS: self.loss(outputs[keys.LOGITS], target).mean()}
+        logits, metric = outputs[keys.LOGITS], getattr(self, f"{self._stage}_loss") if self._stage else None
+        if isinstance(metric, LossMetric) and getattr(self.loss, "reduction", None) == "mean":
+            # Inside a step, the stage's LossMetric computes a loss of lit_finetune.losses and adds the batch to the
+            # exact epoch value from the same statistics: one pass, not two.
+            metric.updated_by_forward = True
+            terms = {keys.LOSS: metric(logits, target)}
+        else:
+            terms = {keys.LOSS: self.loss(logits, target).mean()}
         if keys.AUX_LOGITS in outputs:
             terms["loss_aux"] = self.options.aux_loss_weight * self.loss(outputs[keys.AUX_LOGITS], target).mean()
         return terms
@@ -371,7 +207,12 @@ class TaskLightningModule(LightningModule):
         target = self.prepare_target(batch[keys.TARGET])
         outputs = self._step_outputs(batch, stage)
         logits = outputs[keys.LOGITS].detach()
-        total = log_losses(self, stage, self.loss_terms(outputs, target), logits, target)
+        self._stage = stage
+        try:
+            terms = self.loss_terms(outputs, target)
+        finally:
+            self._stage = None
+        total = update_losses(self, stage, terms, logits, target)
         # A mixed batch or soft targets are not scored against hard labels.
         if not (batch.get(keys.MIXED, False) or self.task.is_soft(batch[keys.TARGET])):
             inputs = self.task.metric_inputs(logits, batch[keys.TARGET])
@@ -393,29 +234,28 @@ class TaskLightningModule(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self._shared_step(batch, "train")
         self.log("train/loss", out[keys.LOSS], on_step=True, on_epoch=False, prog_bar=True)
-        if any(metric.update_called for metric in self.train_metrics.values()):  # not while every batch is mixed
-            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return out
 
     @override
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        out = self._shared_step(batch, "val")
-        # Logged as metric objects: Lightning computes them once per epoch over all samples (and ranks).
-        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
-        return out
+        return self._shared_step(batch, "val")
 
     @override
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        out = self._shared_step(batch, "test")
-        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
-        return out
+        return self._shared_step(batch, "test")
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        log_epoch_metrics(self, "train")
 
     @override
     def on_validation_epoch_end(self) -> None:
+        log_epoch_metrics(self, "val")
         log_class_metrics(self, "val")
 
     @override
     def on_test_epoch_end(self) -> None:
+        log_epoch_metrics(self, "test")
         log_class_metrics(self, "test")
 
     @override
@@ -469,4 +309,4 @@ def _drop_network_entries(module: nn.Module, state_dict: dict[str, Any], prefix:
 def _fill_network_entries(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
     # The inverse of _drop_network_entries: the network loads the same tensors as the backbone and the head.
     for key in [k for k in state_dict if k.startswith((f"{prefix}backbone.", f"{prefix}head."))]:
-        state_dict.setdefault(f"{prefix}{NETWORK}.{key[len(prefix):]}", state_dict[key])
+        state_dict.setdefault(f"{prefix}{NETWORK}.{key[len(prefix) :]}", state_dict[key])

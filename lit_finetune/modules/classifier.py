@@ -22,7 +22,8 @@ from lit_finetune.data.transforms import default_preprocessing
 from lit_finetune.models.backbones import MIN_INPUT_SIZE, create_backbone
 from lit_finetune.models.classifier import ClassifierNetwork
 from lit_finetune.models.heads import ClassifierHead
-from lit_finetune.modules.base import LOSS_STATE_PREFIXES, TaskLightningModule, TrainingOptions, loss_weight, per_sample_copy, resolve_loss
+from lit_finetune.modules.base import LOSS_STATE_PREFIXES, TaskLightningModule
+from lit_finetune.modules.options import TrainingOptions, loss_weight, per_sample_copy, resolve_loss
 from lit_finetune.modules.tta import TTAMode, check_tta, tta_logits
 from lit_finetune.optim.feature_cache import FeatureCache
 from lit_finetune.optim.freezing import FreezeSpec
@@ -195,11 +196,15 @@ class FinetuneClassifier(TaskLightningModule):
             scheduler_interval, scheduler_monitor, aux_loss_weight, channels_last,
         )  # fmt: skip
         if cache_features and type(self).forward is not FinetuneClassifier.forward:
-            raise ValueError("cache_features=True feeds cached features to the head and bypasses `forward`: leave it off in subclasses that override `forward`.")
+            raise ValueError(
+                "cache_features=True feeds cached features to the head and bypasses `forward`: leave it off in subclasses that override `forward`."
+            )
         task_object = build_task(task, num_classes, class_names, threshold)
         value, option = _weight_option(task, class_weights, pos_weight)
         weight = loss_weight(task_object, value, class_counts, num_train_samples, option)
-        spec = NetworkSpec(backbone, weights, task_object.num_outputs, head_hidden_dims, head_dropout, aux_loss_weight > 0, trust_pickle, backbone_kwargs)
+        spec = NetworkSpec(
+            backbone, weights, task_object.num_outputs, head_hidden_dims, head_dropout, aux_loss_weight > 0, trust_pickle, backbone_kwargs
+        )
         network_backbone, feature_size = self.build_backbone(spec)
         network = ClassifierNetwork(network_backbone, self.build_head(feature_size, spec), channels_last)
         pre = default_preprocessing(backbone, weights)
@@ -254,7 +259,7 @@ class FinetuneClassifier(TaskLightningModule):
         """The forward of a step: compiled parts when ``compile``, test-time augmentation or cached features when on."""
         with self.network.compiled_calls(self.hparams.compile):
             if self._uses_tta():
-                forward = lambda images: self(images)[keys.LOGITS]  # noqa: E731
+                forward = lambda images: self(images)[keys.LOGITS]
                 return {keys.LOGITS: tta_logits(self.task, forward, batch[keys.IMAGE], self.hparams.tta, self.hparams.tta_crop_fraction)}
             if self._uses_cache(batch, stage):
                 return self._cached_forward(batch, stage)
@@ -272,7 +277,9 @@ class FinetuneClassifier(TaskLightningModule):
     def _uses_cache(self, batch: dict, stage: str) -> bool:
         # A mixed batch's images are not the indexed samples': their features cannot be cached by index.
         mixed = batch.get(keys.MIXED, False)
-        return self.hparams.cache_features and stage in self.feature_caches and keys.INDEX in batch and not mixed and self.backbone_is_frozen()
+        return (
+            self.hparams.cache_features and stage in self.feature_caches and keys.INDEX in batch and not mixed and self.backbone_is_frozen()
+        )
 
     def _uses_tta(self) -> bool:
         # validate/test/predict only: the validation inside fit (checkpoint selection) stays plain and cheap.

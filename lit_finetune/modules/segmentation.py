@@ -23,7 +23,8 @@ from lit_finetune import keys
 from lit_finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lit_finetune.models.backbones import resolve_weights
 from lit_finetune.models.segmenters import build_segmenter
-from lit_finetune.modules.base import TaskLightningModule, TrainingOptions, loss_weight, resolve_loss
+from lit_finetune.modules.base import TaskLightningModule
+from lit_finetune.modules.options import TrainingOptions, loss_weight, resolve_loss
 from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.tasks.segmentation import SegmentationTask
 
@@ -187,7 +188,9 @@ class SegmentationModule(TaskLightningModule):
             decoder_dropout, channels_last, trust_pickle, backbone_kwargs,
         )  # fmt: skip
         mean, std = weights_statistics(backbone, weights)
-        super().__init__(task_object, self.build_network(spec), loss, optimizer, lr_scheduler, options, backbone, image_mean or mean, image_std or std)
+        super().__init__(
+            task_object, self.build_network(spec), loss, optimizer, lr_scheduler, options, backbone, image_mean or mean, image_std or std
+        )
         self.weights = weights
         self.palette: Palette | None = [tuple(int(v) for v in color) for color in palette] if palette is not None else None
 
@@ -198,6 +201,10 @@ class SegmentationModule(TaskLightningModule):
         Called by ``__init__`` before the module is set up: use ``spec``, not ``self``'s attributes.
         """
         return build_segmenter(**asdict(spec))
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """Logits ``(N, C, H, W)`` of ``images`` (``(N, 3, H, W)``, normalized) at their size; ``aux_logits`` in training."""
+        return self.network(images)
 
     @torch.no_grad()
     def sample_losses(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:
