@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -9,7 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from lit_finetune import FinetuneClassifier, ImageFolderDataModule, keys
+from lit_finetune import FinetuneClassifier, ImageFolderDataModule, TaskLightningModule, keys
+from lit_finetune.models.classifier import ClassifierNetwork
+from lit_finetune.modules.options import TrainingOptions, resolve_loss
+from lit_finetune.tasks import build_task
 
 
 def tiny_batch(n: int = 4, classes: int = 3) -> dict:
@@ -290,3 +295,34 @@ def test_a_statistics_loss_is_computed_once_a_step_and_its_epoch_value_is_exact(
     torch.testing.assert_close(out[keys.LOSS].detach(), expected)
     torch.testing.assert_close(model.train_loss.compute(), expected)
     assert out[keys.LOSS].requires_grad and keys.SAMPLE_LOSS not in out
+
+
+class TinyTaskModule(TaskLightningModule):
+    """A module of one's own on the shared base: task, network, loss and options handed over in one call."""
+
+    def __init__(self, num_classes: int, lr: float = 0.1, freeze: str = "none") -> None:
+        task = build_task("multiclass", num_classes)
+        backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        options = TrainingOptions(freeze=freeze)
+        super().__init__(
+            task,
+            ClassifierNetwork(backbone, nn.Linear(4, num_classes)),
+            resolve_loss(task, None),
+            partial(torch.optim.SGD, lr=lr),
+            options=options,
+        )
+
+    def forward(self, images):
+        return self.network(images)
+
+
+def test_a_module_of_ones_own_is_built_in_one_call() -> None:
+    model = TinyTaskModule(num_classes=3, lr=0.5, freeze="backbone")
+    assert dict(model.hparams) == {"num_classes": 3, "lr": 0.5, "freeze": "backbone"}  # the subclass's arguments only
+    assert not any(p.requires_grad for p in model.backbone.parameters()) and model.backbone_is_frozen()
+    assert [p for g in model.configure_optimizers().param_groups for p in g["params"]] == list(model.head.parameters())
+    batch = tiny_batch()
+    out = model.validation_step(batch, 0)
+    torch.testing.assert_close(out[keys.LOSS], F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET]))
+    with pytest.raises(ValueError, match="layer_decay"):
+        TrainingOptions(layer_decay=0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.pytorch import LightningModule
@@ -73,10 +73,14 @@ class TaskLightningModule(LightningModule):
     Example::
 
         class MyModule(TaskLightningModule):
-            def __init__(self, num_classes: int, lr: float = 1e-3) -> None:  # every option typed
+            def __init__(self, num_classes: int, lr: float = 1e-3) -> None:  # every option typed: LightningCLI reads them
                 task = build_task("multiclass", num_classes)
-                network = ClassifierNetwork(*create_backbone("resnet18", None, num_classes)[:1], nn.Linear(512, num_classes))
+                backbone, width = create_backbone("resnet18", None, num_classes)
+                network = ClassifierNetwork(backbone, nn.Linear(width, num_classes))
                 super().__init__(task, network, resolve_loss(task, None), partial(torch.optim.AdamW, lr=lr))
+
+            def forward(self, images: Tensor) -> dict[str, Tensor]:
+                return self.network(images)
     """
 
     task: Task
@@ -109,7 +113,7 @@ class TaskLightningModule(LightningModule):
         self._stage: str | None = None  # the stage of the step under way (its LossMetric computes the configured loss)
 
         # backbone and head first: parameter and module names are those of their first registration.
-        self.backbone, self.head = network.backbone, network.head
+        self.backbone, self.head = cast(nn.Module, network.backbone), cast(nn.Module, network.head)
         self.network = network
         self.register_state_dict_post_hook(_drop_network_entries)
         self.register_load_state_dict_pre_hook(_fill_network_entries)
@@ -192,7 +196,7 @@ class TaskLightningModule(LightningModule):
 
     def backbone_is_frozen(self) -> bool:
         """True when no backbone parameter requires a gradient: the backbone then runs in eval mode under ``no_grad``."""
-        return self.network.backbone_is_frozen()
+        return bool(self.network.backbone_is_frozen())  # type: ignore[operator]
 
     def prepare_target(self, target: Tensor) -> Tensor:
         """Targets as the loss expects them (the task checks them and says what is wrong)."""

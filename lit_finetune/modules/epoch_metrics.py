@@ -7,6 +7,8 @@ and resets them. Per-sample losses are computed only for callbacks that ask for 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
@@ -21,7 +23,7 @@ def sample_losses_wanted(trainer: Trainer | None) -> bool:
 
     Without a trainer (a step called by hand) they are always computed.
     """
-    return trainer is None or any(getattr(callback, "needs_sample_losses", False) for callback in trainer.callbacks)
+    return trainer is None or any(getattr(callback, "needs_sample_losses", False) for callback in getattr(trainer, "callbacks", []))
 
 
 def epoch_loss_metric(loss: nn.Module) -> Metric:
@@ -60,7 +62,7 @@ def log_epoch_metrics(module: LightningModule, stage: str) -> None:
     """
     tag, val = ("train/loss_epoch" if stage == "train" else f"{stage}/loss"), stage == "val"
     main = getattr(module, f"{stage}_loss")
-    terms = {key: metric for key, metric in module.loss_term_metrics.items() if key.startswith(f"{stage}_") and metric.update_called}
+    terms = {key: cast(Metric, m) for key, m in _term_metrics(module).items() if key.startswith(f"{stage}_") and m.update_called}
     for key, metric in terms.items():
         name = key[len(stage) + 1 :]
         module.log(
@@ -75,9 +77,14 @@ def log_epoch_metrics(module: LightningModule, stage: str) -> None:
 
 def term_metric(module: LightningModule, key: str) -> Metric:
     """The running mean of one loss term (created on first use: a subclass's terms are known once it returns them)."""
-    if key not in module.loss_term_metrics:
-        module.loss_term_metrics[key] = MeanMetric().to(module.device)
-    return module.loss_term_metrics[key]
+    metrics = _term_metrics(module)
+    if key not in metrics:
+        metrics[key] = MeanMetric().to(module.device)
+    return cast(Metric, metrics[key])
+
+
+def _term_metrics(module: LightningModule) -> nn.ModuleDict:
+    return cast(nn.ModuleDict, module.loss_term_metrics)
 
 
 def log_class_metrics(module: LightningModule, stage: str) -> None:

@@ -117,9 +117,9 @@ def per_sample_copy(loss: nn.Module) -> nn.Module:
             "for the callbacks (reduction='none'). Give it a `reduction` argument or override `sample_losses`."
         )
     copy = deepcopy(loss)
-    copy.reduction = "none"
+    copy.reduction = "none"  # type: ignore[assignment]
     if getattr(copy, "aggregation", None) == "global":
-        copy.aggregation = "per_sample"
+        copy.aggregation = "per_sample"  # type: ignore[assignment]
     for param in copy.parameters():
         param.requires_grad_(False)
     return copy
