@@ -6,7 +6,7 @@ per arm the median throughput and its spread over the rounds, each round's ratio
 the rounds' ratios, with / without>`` (the target is >= 0.95). By default the data are in-memory random images
 read in the main process and neither arm keeps an EMA of the weights, so costs both arms would pay alike
 (decoding PNGs, an EMA update) do not dilute the callbacks' cost; ``--data folder`` writes a synthetic image
-folder and reads it through ``ImageFolderDataModule`` (with its default augmentation), ``--ema-decay 0.999``
+folder and reads it through ``ClassificationDataModule`` (with its default augmentation), ``--ema-decay 0.999``
 adds ``EMAWeightAveraging`` to both arms.
 
     python benchmarks/callback_overhead.py                 # resnet18 at 32 px on the CPU
@@ -33,13 +33,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from lit_finetune.callbacks.best_worst import BestWorstSamples
-from lit_finetune.callbacks.classification_report import ClassificationReport
+from lit_finetune.callbacks.classification_report import ValidationReport
 from lit_finetune.callbacks.data_timing import DataTiming
 from lit_finetune.callbacks.gradcam import GradCAM
 from lit_finetune.callbacks.gradient_stats import GradientStats
 from lit_finetune.callbacks.hparams import HParamsSummary
 from lit_finetune.callbacks.nan_guard import NanGuard
-from lit_finetune.data.datamodule import ImageFolderDataModule
+from lit_finetune.data.datamodule import ClassificationDataModule
 from lit_finetune.modules.classifier import FinetuneClassifier
 
 
@@ -59,7 +59,7 @@ ARMS = ("with all diagnostics", "without")
 
 
 def diagnostics() -> list[Callback]:
-    return [BestWorstSamples(), GradientStats(), NanGuard(), GradCAM(), ClassificationReport(), DataTiming(), HParamsSummary()]
+    return [BestWorstSamples(), GradientStats(), NanGuard(), GradCAM(), ValidationReport(), DataTiming(), HParamsSummary()]
 
 
 class TrainTimer(Callback):
@@ -91,7 +91,7 @@ def make_data(args: argparse.Namespace, tmp: Path) -> dict:
         return {"train_dataloaders": train, "val_dataloaders": val}
     root = tmp / "images"
     write_images(root, args.classes, args.per_class, args.image_size)
-    data = ImageFolderDataModule(
+    data = ClassificationDataModule(
         str(root), batch_size=args.batch_size, num_workers=args.num_workers, backbone=args.backbone,
         image_size=args.image_size, resize_size=args.image_size,
     )  # fmt: skip

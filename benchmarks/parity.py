@@ -32,7 +32,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from torch.utils.data import DataLoader
 
-from lit_finetune import FinetuneClassifier, ImageFolderDataModule, keys
+from lit_finetune import FinetuneClassifier, ClassificationDataModule, keys
 
 warnings.filterwarnings("ignore")
 ARMS = ("FinetuneClassifier + Trainer", "plain loop")
@@ -74,7 +74,7 @@ def make_loader(args: argparse.Namespace) -> tuple[DataLoader, int]:
         data = RandomImages(args.images, 32, 10)
         return DataLoader(data, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers, drop_last=True), 10
     root = tempfile.mkdtemp(prefix="parity-")
-    dm = ImageFolderDataModule(
+    dm = ClassificationDataModule(
         root + "/digits", demo="digits", batch_size=args.batch_size, num_workers=args.num_workers,
         image_size=32, resize_size=32, hflip=False, crop_scale=(0.7, 1.0), persistent_workers=args.num_workers > 0,
     )  # fmt: skip

@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.callbacks._tensorboard import has_tensorboard, tensorboard_writer
-from lit_finetune.tasks import Task, task_of
+from lit_finetune.tasks import Task, has_soft_targets, task_of
 from lit_finetune.tasks.segmentation_metrics import class_dice, class_iou
 
 
@@ -41,8 +41,9 @@ class ConfidenceHistogram(Metric):
         return {"correct": self.correct, "wrong": self.wrong}
 
 
-class ClassificationReport(Callback):
-    """Log a classification report of every validation epoch to TensorBoard (rank zero writes, all ranks reduce).
+class ValidationReport(Callback):
+    """Log a report of every validation epoch to TensorBoard (rank zero writes, all ranks reduce): classification
+    statistics, or segmentation's pixel statistics. Formerly ``ClassificationReport``, a name that still works.
 
     Logged (multiclass and binary): ``report/confusion_matrix`` (figure, counts in the cells up to
     ``max_annotated_classes`` classes) and ``report/confusion_matrix_counts`` (text table),
@@ -67,7 +68,7 @@ class ClassificationReport(Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[ClassificationReport(num_thresholds=100)])
+        trainer = Trainer(callbacks=[ValidationReport(num_thresholds=100)])
     """
 
     def __init__(
@@ -105,16 +106,16 @@ class ClassificationReport(Callback):
         if task.dense:  # segmentation: the pixel confusion matrix only (PR curves over every pixel would cost too much)
             return MetricCollection({"confusion": task.confusion_metric()})
         args = task.torchmetrics_args()
-        args.pop("threshold", None)
+        threshold = {"threshold": args.pop("threshold")} if "threshold" in args else {}  # binary: the task's decision
         per_class = {"average": None} if task.num_outputs > 1 else {}
         metrics: dict[str, Metric] = {
             "pr": PrecisionRecallCurve(**args, thresholds=self.num_thresholds),
             "auroc": AUROC(**args, **per_class, thresholds=self.num_thresholds),
-            "acc": Accuracy(**args, **per_class),
+            "acc": Accuracy(**args, **per_class, **threshold),
             "hist": ConfidenceHistogram(self.histogram_bins),
         }
         if task.confusion_names() is not None:
-            metrics["confusion"] = ConfusionMatrix(**args)
+            metrics["confusion"] = ConfusionMatrix(**args, **threshold)
         # Each metric keeps its own state: compute groups would share it across different metrics.
         return MetricCollection(metrics, compute_groups=False)
 
@@ -140,7 +141,7 @@ class ClassificationReport(Callback):
     ) -> None:
         if not self._active(trainer) or self.metrics is None or not isinstance(outputs, dict):
             return
-        if self.task.is_soft(outputs[keys.TARGET]):
+        if has_soft_targets(self.task, batch if isinstance(batch, dict) else {keys.TARGET: outputs[keys.TARGET]}):
             return
         if self.task.dense:
             self.metrics["confusion"].update(*self.task.metric_inputs(outputs[keys.LOGITS], outputs[keys.TARGET]))
@@ -272,3 +273,7 @@ def _add_histogram(writer: Any, tag: str, counts: Tensor, edges: Tensor, step: i
         bucket_counts=counts.tolist(),
         global_step=step,
     )
+
+
+ClassificationReport = ValidationReport
+"""The former name of :class:`ValidationReport`, kept for configs and imports that use it."""

@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.data.folder import load_rgb
-from lit_finetune.data.masks import default_palette, palette_image
+from lit_finetune.images.read import load_rgb
+from lit_finetune.images.palette import default_palette, palette_image
 
 
 class SegmentationMaskWriter(BasePredictionWriter):

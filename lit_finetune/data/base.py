@@ -1,6 +1,6 @@
 """``FolderDataModule``: what the data modules share: loader options, DDP evaluation sampling, set-up.
 
-The concrete modules (:class:`~lit_finetune.data.datamodule.ImageFolderDataModule`,
+The concrete modules (:class:`~lit_finetune.data.datamodule.ClassificationDataModule`,
 :class:`~lit_finetune.data.segmentation.SegmentationDataModule`) keep their full typed ``__init__`` (LightningCLI
 reads the options from it) and fill in the hooks below: which samples each split holds, how a dataset is
 built from them, how batches are collated, what is checked once before the datasets are built.

@@ -5,7 +5,8 @@ One row per image: a column with the image's path relative to the data folder, a
 - a labels column, the image's labels separated by a separator (``"cat dog"``), or
 - one 0/1 column per class (``image,cat,dog`` / ``a.png,1,0``),
 
-and optionally a split column (``train``/``val``/``test``). Class names come from the CSV: the sorted
+and optionally a split column (``train``/``val``/``test``, or a boolean such as fastai's ``is_valid``: true marks
+a validation row). Class names come from the CSV: the sorted
 unique labels, or the class columns in their order. Rows are numbered as in a text editor (the header is
 line 1), so the errors point at lines of the file.
 """
@@ -16,6 +17,9 @@ import csv
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
+
+from lit_finetune.tasks.classification import task_type
+from lit_finetune.tasks.targets import ClassificationTargets
 
 SPLITS = ("train", "val", "test")
 MAX_LISTED = 20
@@ -89,25 +93,39 @@ def parse_class_columns(path: Path, rows, columns: list[str]) -> list[list[int]]
     return classes
 
 
+VALID_VALUES = ("true", "1", "yes")
+TRAIN_VALUES = ("false", "0", "no")
+"""A boolean split column (fastai's ``is_valid``): these values mark validation rows, and those training rows."""
+
+
 def parse_splits(path: Path, rows, split_column: str | None) -> list[str | None]:
-    """Each row's split (``train``/``val``/``test``), or None for every row without a split column."""
+    """Each row's split, or None for every row without a split column.
+
+    The column says ``train``/``val``/``test``, or it is a boolean such as fastai's ``is_valid``
+    (``True``/``False``, ``1``/``0``, ``yes``/``no``, any case): true marks a validation row, false a training row.
+    """
     if split_column is None:
         return [None] * len(rows)
-    splits = [row[split_column].lower() for _, row in rows]
-    bad = [f"line {line}: {row[split_column]!r}" for (line, row), s in zip(rows, splits) if s not in SPLITS]
+    values = [row[split_column].lower() for _, row in rows]
+    if values and all(v in VALID_VALUES + TRAIN_VALUES for v in values):
+        return ["val" if v in VALID_VALUES else "train" for v in values]
+    bad = [f"line {line}: {row[split_column]!r}" for (line, row), s in zip(rows, values) if s not in SPLITS]
     if bad:
-        raise ValueError(f"Column '{split_column}' of '{path}' must say train, val or test; these rows do not:\n{listing(bad)}")
-    return splits
+        raise ValueError(
+            f"Column '{split_column}' of '{path}' must say train, val or test, or be a boolean (true/false, 1/0: true marks "
+            f"a validation row, as fastai's is_valid); these rows do not:\n{listing(bad)}"
+        )
+    return values
 
 
-def check_label_counts(path: Path, parsed: list[CsvRow], task: str) -> None:
-    """Multiclass and binary need exactly one label a row (a 0/1 value for a single binary column)."""
-    if task == "multilabel":
+def check_label_counts(path: Path, parsed: list[CsvRow], task: type[ClassificationTargets]) -> None:
+    """A task of one label a sample (multiclass, binary) needs exactly one label a row."""
+    if not task.single_label:
         return
     bad = [f"line {r.line} ({r.path}): {len(r.classes)} labels" for r in parsed if len(r.classes) != 1]
     if bad:
         raise ValueError(
-            f"task '{task}' needs exactly one label per row, but these rows of '{path}' have none or several:\n{listing(bad)}\n"
+            f"task '{task.name}' needs exactly one label per row, but these rows of '{path}' have none or several:\n{listing(bad)}\n"
             "Set `model.task: multilabel` for images with any number of labels (no label: all negative)."
         )
 
@@ -133,7 +151,7 @@ def read_labels_csv(
     label_separator: str = " ",
     class_columns: list[str] | None = None,
     split_column: str | None = None,
-    task: str = "multiclass",
+    task: str | type[ClassificationTargets] = "multiclass",
 ) -> tuple[list[str], list[CsvRow]]:
     """Read and check a labels CSV; return ``(class_names, rows)``.
 
@@ -145,9 +163,10 @@ def read_labels_csv(
         label_separator: separator of the labels in ``label_column``.
         class_columns: the 0/1 class columns when ``label_column`` is None; None: every column but the
             image and split columns.
-        split_column: the column of splits (train/val/test); None: no split in the file.
-        task: ``multiclass`` and ``binary`` need one label a row (a binary CSV with one class column: its
-            0/1 value); ``multilabel`` allows any number, none meaning all negative.
+        split_column: the column of splits (train/val/test, or a boolean: true/1/yes marks a validation row, as
+            fastai's ``is_valid``); None: no split in the file.
+        task: the task (its name or class): ``multiclass`` and ``binary`` need one label a row (a binary CSV with one
+            class column: its 0/1 value); ``multilabel`` allows any number, none meaning all negative.
 
     Raises:
         FileNotFoundError: the CSV or any image it names does not exist (all missing images are listed).
@@ -175,30 +194,8 @@ def read_labels_csv(
     splits = parse_splits(path, rows, split_column)
     parsed = [CsvRow(line, row[image_column], c, s) for (line, row), c, s in zip(rows, classes, splits)]
     check_images(root, path, parsed, image_column)
-    one_binary_column = task == "binary" and label_column is None and len(names) == 1
-    if not one_binary_column:
+    task = task_type(task) if isinstance(task, str) else task
+    if not (task.one_class_column and label_column is None and len(names) == 1):
         check_label_counts(path, parsed, task)
-        check_num_classes(path, names, task)
+        task.check_class_names(names, f"'{path}'")
     return names, parsed
-
-
-def check_num_classes(path: Path, names: list[str], task: str) -> None:
-    """Binary needs two classes (or one class column, checked by the caller); multiclass at least two."""
-    if task == "binary" and len(names) != 2:
-        raise ValueError(f"task 'binary' needs two classes or one class column; '{path}' has {len(names)}: {names}. Use multiclass or multilabel.")
-    if task == "multiclass" and len(names) < 2:
-        raise ValueError(f"task 'multiclass' needs at least two classes; '{path}' has {names}.")
-
-
-def make_target(classes: list[int], num_classes: int, task: str) -> int | tuple[float, ...]:
-    """The sample target: a class index (multiclass), a multi-hot tuple (multilabel) or ``(0.0,)``/``(1.0,)`` (binary).
-
-    For binary with two class names the positive class is the second (index 1); with one class column,
-    a 1 in that column.
-    """
-    if task == "multiclass":
-        return classes[0]
-    if task == "binary":
-        positive = 0 if num_classes == 1 else 1
-        return (1.0 if positive in classes else 0.0,)
-    return tuple(1.0 if i in classes else 0.0 for i in range(num_classes))

@@ -22,25 +22,25 @@ import torch
 from torch import Tensor
 from torch.utils.data import WeightedRandomSampler
 
-Target = int | tuple[float, ...]
+from lit_finetune.tasks.classification import task_type
+from lit_finetune.tasks.targets import ClassificationTargets, Target
+
+TaskSpec = str | type[ClassificationTargets]
+"""A classification task by name (``"multiclass"``) or class (``MulticlassTask``)."""
 
 
-def _label_sets(targets: Sequence[Target], task: str) -> list[tuple[int, ...]]:
-    """Each sample's groups: its class (multiclass, binary) or its positive labels (multilabel; () for none)."""
-    if task == "multiclass":
-        return [(int(t),) for t in targets]
-    if task == "binary":
-        return [(int(round(t[0])),) for t in targets]
-    return [tuple(i for i, v in enumerate(t) if v > 0.5) for t in targets]
+def _task(task: TaskSpec) -> type[ClassificationTargets]:
+    return task_type(task) if isinstance(task, str) else task
 
 
-def balanced_weights(targets: Sequence[Target], task: str) -> Tensor:
+def balanced_weights(targets: Sequence[Target], task: TaskSpec) -> Tensor:
     """Per-sample weights of balanced sampling (see the module docstring for the rule per task).
 
     Args:
         targets: the training targets as stored: class indices (multiclass), ``(0.0,)``/``(1.0,)`` (binary)
             or multi-hot tuples (multilabel).
-        task: ``"multiclass"``, ``"multilabel"`` or ``"binary"``.
+        task: ``"multiclass"``, ``"multilabel"`` or ``"binary"``, or the task class; its ``label_groups`` are the
+            groups a target counts in.
 
     Raises:
         ValueError: no targets or an unknown task.
@@ -49,11 +49,10 @@ def balanced_weights(targets: Sequence[Target], task: str) -> Tensor:
 
         balanced_weights([0, 0, 0, 1], "multiclass")  # tensor([0.3333, 0.3333, 0.3333, 1.0000])
     """
-    if task not in ("multiclass", "multilabel", "binary"):
-        raise ValueError(f"Unknown task '{task}'; choose multiclass, multilabel or binary.")
+    task = _task(task)
     if not targets:
         raise ValueError("Balanced sampling needs training samples; the training set is empty.")
-    groups = _label_sets(targets, task)
+    groups = [task.label_groups(t) for t in targets]
     counts: dict[int | None, int] = {}
     for labels in groups:
         for label in labels or (None,):
@@ -61,17 +60,16 @@ def balanced_weights(targets: Sequence[Target], task: str) -> Tensor:
     return torch.tensor([max(1.0 / counts[label] for label in labels or (None,)) for labels in groups], dtype=torch.float64)
 
 
-def expected_draws(targets: Sequence[Target], task: str, weights: Tensor, num_classes: int) -> list[float]:
+def expected_draws(targets: Sequence[Target], task: TaskSpec, weights: Tensor, num_classes: int) -> list[float]:
     """Expected images of each class (multilabel: with each label) in one epoch of ``len(targets)`` weighted draws.
 
     Binary: ``[negatives, positives]``.
     """
-    groups = _label_sets(targets, task)
+    task = _task(task)
     share = weights / weights.sum() * len(targets)
-    width = 2 if task == "binary" else num_classes
-    draws = [0.0] * width
-    for labels, s in zip(groups, share.tolist()):
-        for label in labels:
+    draws = [0.0] * task.count_width(num_classes)
+    for target, s in zip(targets, share.tolist()):
+        for label in task.label_groups(target):
             draws[label] += s
     return draws
 

@@ -24,20 +24,27 @@ from typing_extensions import final, override
 from lit_finetune import keys
 from lit_finetune.losses import LossMetric
 from lit_finetune.models.stages import backbone_stages
-from lit_finetune.modules.epoch_metrics import epoch_loss_metric, log_class_metrics, log_epoch_metrics, sample_losses_wanted, update_losses
-from lit_finetune.modules.options import TrainingOptions, loss_weight, per_sample_copy, resolve_loss
+from lit_finetune.modules.epoch_metrics import (
+    epoch_loss_metric,
+    log_class_metrics,
+    log_epoch_metrics,
+    sample_losses_wanted,
+    training_metrics,
+    update_losses,
+)
+from lit_finetune.modules.options import TrainingOptions, per_sample_copy, resolve_loss
 from lit_finetune.optim.freezing import freeze as freeze_parameters
 from lit_finetune.optim.freezing import freeze_patterns
 from lit_finetune.optim.param_groups import apply_lr_scales, held_groups, parameter_groups
 from lit_finetune.optim.schedulers import WarmupCosineLR
-from lit_finetune.tasks import Task
+from lit_finetune.tasks import Task, has_soft_targets
 
 LOSS_STATE_PREFIXES = ("loss.", "loss_per_sample.", "train_loss.", "val_loss.", "test_loss.")
 """State-dict keys of the loss, of its per-sample copy and of the metrics that wrap it."""
 NETWORK = "network"
 """Name of the registered network; its parameters are saved under ``backbone.``/``head.`` only (see the class docstring)."""
 STAGES = ("train", "val", "test")
-__all__ = ["LOSS_STATE_PREFIXES", "TaskLightningModule", "TrainingOptions", "loss_weight", "per_sample_copy", "resolve_loss"]
+__all__ = ["LOSS_STATE_PREFIXES", "TaskLightningModule", "TrainingOptions", "per_sample_copy", "resolve_loss"]
 
 
 class TaskLightningModule(LightningModule):
@@ -129,7 +136,8 @@ class TaskLightningModule(LightningModule):
         self.train_loss, self.val_loss, self.test_loss = (epoch_loss_metric(loss) for _ in STAGES)
         self.loss_term_metrics = nn.ModuleDict()
         metrics = self.build_metrics()
-        self.train_metrics, self.val_metrics, self.test_metrics = (metrics.clone(prefix=f"{stage}/") for stage in STAGES)
+        self.train_metrics = training_metrics(task, metrics).clone(prefix="train/")
+        self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
         class_metrics = task.build_class_metrics()
         self.val_class_metrics = class_metrics.clone(prefix="val/") if class_metrics is not None else None
         self.test_class_metrics = class_metrics.clone(prefix="test/") if class_metrics is not None else None
@@ -218,7 +226,8 @@ class TaskLightningModule(LightningModule):
             self._stage = None
         total = update_losses(self, stage, terms, logits, target)
         # A mixed batch or soft targets are not scored against hard labels.
-        if not (batch.get(keys.MIXED, False) or self.task.is_soft(batch[keys.TARGET])):
+        # Decided from the `mixed` key and the target's layout, never its values (no device sync per step).
+        if not has_soft_targets(self.task, batch):
             inputs = self.task.metric_inputs(logits, batch[keys.TARGET])
             getattr(self, f"{stage}_metrics").update(*inputs)
             per_class = getattr(self, f"{stage}_class_metrics", None)

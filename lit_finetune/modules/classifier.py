@@ -18,16 +18,16 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.data.transforms import default_preprocessing
 from lit_finetune.models.backbones import MIN_INPUT_SIZE, create_backbone
 from lit_finetune.models.classifier import ClassifierNetwork
 from lit_finetune.models.heads import ClassifierHead
+from lit_finetune.models.preprocessing import weights_preprocessing
 from lit_finetune.modules.base import LOSS_STATE_PREFIXES, TaskLightningModule
-from lit_finetune.modules.options import TrainingOptions, loss_weight, per_sample_copy, resolve_loss
+from lit_finetune.modules.options import TrainingOptions, per_sample_copy, resolve_loss
 from lit_finetune.modules.tta import TTAMode, check_tta, tta_logits
 from lit_finetune.optim.feature_cache import FeatureCache
 from lit_finetune.optim.freezing import FreezeSpec
-from lit_finetune.tasks import build_task
+from lit_finetune.tasks import build_task, loss_weight
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,13 @@ class NetworkSpec:
     backbone_kwargs: dict[str, Any] | None = None
 
 
-def _weight_option(task: str, class_weights: Any, pos_weight: Any) -> tuple[Any, str]:
-    """The loss-weight option the task takes, and its name; a clear error for the other one."""
+def _weight_option(task: str, class_weights: Any, pos_weight: Any) -> Any:
+    """The loss-weight option the task takes; a clear error for the other one."""
     if class_weights is not None and task != "multiclass":
         raise ValueError(f"`class_weights` is for task 'multiclass'; task '{task}' takes `pos_weight`.")
     if pos_weight is not None and task == "multiclass":
         raise ValueError("`pos_weight` is for tasks 'multilabel' and 'binary'; task 'multiclass' takes `class_weights`.")
-    return (class_weights, "class_weights") if task == "multiclass" else (pos_weight, "pos_weight")
+    return class_weights if task == "multiclass" else pos_weight
 
 
 class FinetuneClassifier(TaskLightningModule):
@@ -89,13 +89,15 @@ class FinetuneClassifier(TaskLightningModule):
             The logged epoch loss is exact: for losses of ``lit_finetune.losses`` that aggregate over the
             batch, the loss over all samples of the epoch (``LossMetric``); otherwise the batch losses'
             mean weighted by batch size.
-        label_smoothing: label smoothing of the default cross-entropy.
+        label_smoothing: label smoothing ``e`` of the default loss: cross-entropy's (multiclass); for multilabel and
+            binary, BCE targets ``y (1 - e) + e / 2``. With a ``loss`` of your own it must stay 0 (give it to your loss).
         threshold: multilabel and binary: the probability above which a label is predicted (one value,
             or one per class for multilabel). Used by predictions, F1 and exact-match metrics.
         class_weights: multiclass: per-class weights of the default cross-entropy, or ``"auto"``
             (inverse frequency from ``class_counts``).
         pos_weight: multilabel and binary: ``pos_weight`` of the default BCE (one per class), or ``"auto"``
-            (negatives / positives per class from ``class_counts``).
+            (negatives / positives per class from ``class_counts``; a label without positive or without negative
+            training images is an error naming it).
         class_counts: training images per class (multilabel: positives per class), filled in from the data
             by the command line; needed for ``"auto"`` weights.
         num_train_samples: training images (the total that multilabel ``class_counts`` count positives of),
@@ -200,14 +202,16 @@ class FinetuneClassifier(TaskLightningModule):
                 "cache_features=True feeds cached features to the head and bypasses `forward`: leave it off in subclasses that override `forward`."
             )
         task_object = build_task(task, num_classes, class_names, threshold)
-        value, option = _weight_option(task, class_weights, pos_weight)
-        weight = loss_weight(task_object, value, class_counts, num_train_samples, option)
+        # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
+        weight = loss_weight(
+            task_object, _weight_option(task, class_weights, pos_weight), class_counts, num_train_samples, "training label"
+        )
         spec = NetworkSpec(
             backbone, weights, task_object.num_outputs, head_hidden_dims, head_dropout, aux_loss_weight > 0, trust_pickle, backbone_kwargs
         )
         network_backbone, feature_size = self.build_backbone(spec)
         network = ClassifierNetwork(network_backbone, self.build_head(feature_size, spec), channels_last)
-        pre = default_preprocessing(backbone, weights)
+        pre = weights_preprocessing(backbone, weights)
         super().__init__(
             task_object,
             network,

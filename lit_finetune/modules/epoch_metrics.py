@@ -12,10 +12,11 @@ from typing import cast
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import MeanMetric, Metric, MetricCollection
 
 from lit_finetune import keys
 from lit_finetune.losses import LossMetric, StatisticsLoss
+from lit_finetune.tasks import Task
 
 
 def sample_losses_wanted(trainer: Trainer | None) -> bool:
@@ -98,3 +99,12 @@ def log_class_metrics(module: LightningModule, stage: str) -> None:
     values = dict(per_class.compute().items())
     module.log_dict({name: value for name, value in values.items() if not bool(torch.as_tensor(value).isnan().any())})
     per_class.reset()
+
+
+def training_metrics(task: Task, metrics: MetricCollection) -> MetricCollection:
+    """``metrics`` without those the task keeps out of training (multilabel average precision keeps every prediction of the epoch)."""
+    dropped = [name for name in task.eval_only_metrics if name in metrics]
+    if not dropped:
+        return metrics
+    kept: dict[str, Metric | MetricCollection] = {name: m for name, m in metrics.items(keep_base=True) if name not in dropped}
+    return MetricCollection(kept, compute_groups=False)

@@ -2,19 +2,16 @@
 
 :class:`TrainingOptions` (freezing, learning rates per part, the scheduler, the auxiliary loss weight) is checked
 when it is made; :func:`resolve_loss` returns the configured loss or the task's default, weighted by
-:func:`loss_weight` (the one path of ``class_weights``/``pos_weight``, ``"auto"`` included);
+``lit_finetune.tasks.loss_weight`` (the one path of ``class_weights``/``pos_weight``, ``"auto"`` included);
 :func:`per_sample_copy` is the copy of the loss that gives callbacks one value per sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from lit_finetune.optim.freezing import FreezeSpec
@@ -69,7 +66,8 @@ def resolve_loss(
     """The loss a module optimizes: ``loss`` exactly as configured, or the task's default with ``label_smoothing`` and ``weight``.
 
     Raises:
-        ValueError: ``label_smoothing`` outside [0, 1), or loss weights (named by ``weight_options``) given with a loss of one's own.
+        ValueError: ``label_smoothing`` outside [0, 1), or loss weights (named by ``weight_options``) or ``label_smoothing`` given with a
+            loss of one's own.
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
@@ -77,32 +75,9 @@ def resolve_loss(
         return task.default_loss(label_smoothing, weight)
     if weight is not None:
         raise ValueError(f"{weight_options} configure the default loss; give them to your own `loss` instead.")
+    if label_smoothing > 0:
+        raise ValueError("`label_smoothing` configures the default loss; give it to your own `loss` instead (or leave it at 0).")
     return loss
-
-
-def loss_weight(
-    task: Task, value: Literal["auto"] | Sequence[float] | None, class_counts: Sequence[int] | None, num_samples: int | None, option: str
-) -> Tensor | None:
-    """Per-class weights of the default loss from the option ``option``: None, one weight per output, or ``"auto"``.
-
-    ``"auto"`` asks the task for weights from the training label counts (``num_samples``: the images they
-    count; None: their sum) and logs them once, on rank zero.
-
-    Raises:
-        ValueError: ``"auto"`` without ``class_counts``, or a number of weights that is not the number of outputs.
-    """
-    if value is None:
-        return None
-    if value == "auto":
-        if not class_counts:
-            raise ValueError(f"`{option}: auto` needs `class_counts` (filled in from the data by the command line; give them in Python).")
-        weight = task.class_weights(class_counts, int(num_samples or sum(class_counts)))
-        rank_zero_info(f"Loss weights from the training label counts {list(class_counts)}: {[round(float(w), 4) for w in weight]}")
-        return weight
-    weight = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
-    if len(weight) != task.num_outputs:
-        raise ValueError(f"{len(weight)} loss weights given in `{option}` for {task.num_outputs} outputs: give one per class.")
-    return weight
 
 
 def per_sample_copy(loss: nn.Module) -> nn.Module:

@@ -20,12 +20,12 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from lit_finetune.models.backbones import resolve_weights
+from lit_finetune.models.preprocessing import weights_preprocessing
 from lit_finetune.models.segmenters import build_segmenter
 from lit_finetune.modules.base import TaskLightningModule
-from lit_finetune.modules.options import TrainingOptions, loss_weight, resolve_loss
+from lit_finetune.modules.options import TrainingOptions, resolve_loss
 from lit_finetune.optim.freezing import FreezeSpec
+from lit_finetune.tasks.base import loss_weight
 from lit_finetune.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -60,15 +60,6 @@ class SegmenterSpec:
     channels_last: bool = False
     trust_pickle: bool = False
     backbone_kwargs: dict[str, Any] | None = None
-
-
-def weights_statistics(backbone: str, weights: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalization ``(mean, std)`` of the named weights (their ``transforms()``), else ImageNet's."""
-    enum = resolve_weights(backbone, weights)
-    if enum is not None:
-        preset = enum.transforms()
-        return tuple(preset.mean), tuple(preset.std)
-    return IMAGENET_MEAN, IMAGENET_STD
 
 
 class SegmentationModule(TaskLightningModule):
@@ -181,13 +172,14 @@ class SegmentationModule(TaskLightningModule):
         if palette is not None and len(palette) < num_classes:
             raise ValueError(f"`palette` has {len(palette)} colours for {num_classes} classes: give one RGB triple per class.")
         task_object = SegmentationTask(num_classes, class_names, task, ignore_index, threshold)
-        weight = loss_weight(task_object, class_weights, class_counts, None, "class_weights")
+        weight = loss_weight(task_object, class_weights, class_counts, None, "pixel")
         loss = resolve_loss(task_object, loss, label_smoothing, weight)
         spec = SegmenterSpec(
             backbone, task_object.num_outputs, weights, weights_backbone, aux_loss_weight > 0, tuple(decoder_channels or (256, 128, 64, 32)),
             decoder_dropout, channels_last, trust_pickle, backbone_kwargs,
         )  # fmt: skip
-        mean, std = weights_statistics(backbone, weights)
+        pre = weights_preprocessing(backbone, weights, unknown_names=True)
+        mean, std = pre.mean, pre.std
         super().__init__(
             task_object, self.build_network(spec), loss, optimizer, lr_scheduler, options, backbone, image_mean or mean, image_std or std
         )

@@ -1,4 +1,5 @@
-"""The task interface: what a module and the callbacks ask of a task, and what callbacks ask of a module.
+"""The task interface: what a module and the callbacks ask of a task, and what callbacks ask of a module
+(:class:`TaskModuleProtocol`).
 
 A task object owns everything that differs between multiclass, multilabel and binary classification:
 how targets are checked and shaped for the loss, the default loss, what a prediction is, the metrics,
@@ -13,8 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
+
+from lit_finetune import keys
 
 
 @dataclass
@@ -45,6 +50,12 @@ class Task(ABC):
     name: str = ""
     dense: bool = False
     """True when targets and predictions are per pixel (segmentation): callbacks draw masks instead of labels."""
+    checkpoint_monitor: str | None = None
+    """The logged metric whose best value the command line's checkpoint keeps (``mode: max``) when the config
+    names none; None: the module's ``checkpoint_monitor``, else ``val/acc``."""
+    eval_only_metrics: tuple[str, ...] = ()
+    """Names of :meth:`build_metrics` left out of the training metrics: those that keep every prediction of the
+    epoch (average precision), which validation and test can afford and a training epoch should not."""
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
         if class_names is not None and len(class_names) != num_classes:
@@ -88,7 +99,9 @@ class Task(ABC):
 
     @abstractmethod
     def metric_inputs(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """``(preds, target)`` for the metrics of :meth:`build_metrics`."""
+        """``(preds, target)`` for the metrics of :meth:`build_metrics`: probabilities or labels the task computed,
+        never raw logits (torchmetrics applies a sigmoid or softmax only to values outside [0, 1], so logits that
+        all fall inside [0, 1] would be read as probabilities)."""
 
     @abstractmethod
     def target_text(self, target: Tensor) -> str:
@@ -107,7 +120,13 @@ class Task(ABC):
         return self.predict(logits).pred
 
     def is_soft(self, target: Tensor) -> bool:
-        """Whether ``target`` holds soft (mixed or smoothed) labels that metrics of hard labels must not score."""
+        """Whether ``target`` holds soft (mixed or smoothed) labels; it may read the values (binary, multilabel), so it
+        serves captions and host tensors. Steps decide with :func:`has_soft_targets`, which never reads values."""
+        return self.is_soft_layout(target)
+
+    def is_soft_layout(self, target: Tensor) -> bool:
+        """Whether ``target``'s dtype and shape alone make it soft (multiclass: float ``(N, C)``); never reads values,
+        so it costs no device synchronization."""
         return False
 
     def class_label(self, index: int) -> str:
@@ -142,12 +161,46 @@ class Task(ABC):
         """Values of those columns for sample ``i``."""
 
 
-@runtime_checkable
-class TaskModule(Protocol):
-    """What the diagnostics callbacks need from a LightningModule.
+def loss_weight(
+    task: Task, value: str | Sequence[float] | None, class_counts: Sequence[int] | None, num_samples: int | None = None, counted: str = "training label"
+) -> Tensor | None:
+    """The weight of ``task``'s default loss for the option ``value``: None (unweighted), one weight per output,
+    or ``"auto"``: :meth:`Task.class_weights` of ``class_counts``, logged once (rank zero). The one path of
+    ``class_weights``/``pos_weight`` for every module.
 
-    ``FinetuneClassifier`` satisfies it; a subclass or a new module that provides these attributes works
-    with ``BestWorstSamples``, ``GradCAM``, ``ClassificationReport`` and ``PredictionCSVWriter``.
+    Args:
+        task: the task.
+        value: the option (``class_weights`` or ``pos_weight``).
+        class_counts: the training counts ``"auto"`` needs (the command line fills them in from the data).
+        num_samples: what the counts are out of; None: their sum (counts that partition the samples).
+        counted: what the counts count, for the log line (``"training label"``, ``"pixel"``).
+
+    Raises:
+        ValueError: ``"auto"`` without counts, or a number of weights other than :attr:`Task.num_outputs`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"Loss weights are a list of numbers or 'auto', got {value!r}.")
+        if not class_counts:
+            raise ValueError("'auto' loss weights need `class_counts` (filled in from the data by the command line; give them in Python).")
+        weight = task.class_weights(class_counts, int(num_samples or sum(class_counts)))
+        rank_zero_info(f"Loss weights from the {counted} counts {list(class_counts)}: {[round(float(w), 4) for w in weight]}")
+        return weight
+    weight = torch.as_tensor(value, dtype=torch.float32)
+    if len(weight) != task.num_outputs:
+        raise ValueError(f"{len(weight)} loss weights given for {task.num_outputs} outputs: give one per class.")
+    return weight
+
+
+@runtime_checkable
+class TaskModuleProtocol(Protocol):
+    """What the diagnostics callbacks need from a LightningModule (a ``typing.Protocol``: nothing to inherit; the
+    shared base class of the shipped modules is :class:`~lit_finetune.modules.base.TaskLightningModule`).
+
+    ``FinetuneClassifier`` and ``SegmentationModule`` satisfy it; a subclass or a new module that provides these attributes works
+    with ``BestWorstSamples``, ``GradCAM``, ``ValidationReport`` and ``PredictionCSVWriter``.
 
     Attributes:
         task: the :class:`Task` object (predictions, captions, metrics).
@@ -169,12 +222,26 @@ class TaskModule(Protocol):
     backbone_name: str
 
 
+TaskModule = TaskModuleProtocol
+"""The former name of :class:`TaskModuleProtocol`."""
+
+
 def task_of(pl_module: Any, user: str) -> Task:
     """The task of ``pl_module``, or a clear error naming what the module lacks."""
     task = getattr(pl_module, "task", None)
     if not isinstance(task, Task):
         raise TypeError(
             f"{user} needs a module with a `task` attribute holding a lit_finetune.tasks.Task "
-            f"(see lit_finetune.tasks.TaskModule); {type(pl_module).__name__} has {type(task).__name__}."
+            f"(see lit_finetune.tasks.TaskModuleProtocol); {type(pl_module).__name__} has {type(task).__name__}."
         )
     return task
+
+
+def has_soft_targets(task: Task, batch: dict) -> bool:
+    """Whether a batch's targets are soft, so that metrics of hard labels skip it: its ``mixed`` flag
+    (:data:`lit_finetune.keys.MIXED`, set by MixUp/CutMix) or a soft layout (:meth:`Task.is_soft_layout`).
+
+    Values are never read (no device synchronization per step): a data set of your own whose binary or
+    multilabel targets are fractional sets ``mixed: True`` in its batches, or the metrics score them rounded.
+    """
+    return bool(batch.get(keys.MIXED, False)) or task.is_soft_layout(batch[keys.TARGET])

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     from callback_helpers import make_datamodule, make_model, make_trainer, make_image_folder
     from lit_finetune import keys
     from lit_finetune.callbacks.best_worst import BestWorstSamples
-    from lit_finetune.callbacks.classification_report import ClassificationReport
+    from lit_finetune.callbacks.classification_report import ValidationReport
     from lit_finetune.callbacks.data_timing import DataTiming
     from lit_finetune.callbacks.gradcam import GradCAM
     from lit_finetune.callbacks.gradient_stats import GradientStats
@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
         root = out / "images"
         best_worst = BestWorstSamples(k=3, tile_size=32)
         gradcam = GradCAM(num_images=4, tile_size=32)
-        callbacks = [best_worst, GradientStats(), NanGuard(), gradcam, ClassificationReport(), DataTiming(), HParamsSummary()]
+        callbacks = [best_worst, GradientStats(), NanGuard(), gradcam, ValidationReport(), DataTiming(), HParamsSummary()]
         trainer = make_trainer(out, callbacks, strategy="ddp", devices=2, max_epochs=1)
         if trainer.global_rank == 0 and not root.exists():
             make_image_folder(root, {{"train": 8, "val": 4}})

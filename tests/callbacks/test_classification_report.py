@@ -1,11 +1,11 @@
-"""ClassificationReport: confusion counts, per-class accuracy and histograms equal a direct count."""
+"""ValidationReport: confusion counts, per-class accuracy and histograms equal a direct count."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lit_finetune.callbacks.classification_report import ClassificationReport
+from lit_finetune.callbacks.classification_report import ValidationReport
 
 from callback_helpers import CLASSES, text_of, val_losses
 
@@ -62,4 +62,13 @@ def test_pr_curves_equal_a_direct_count(full_run):
 
 def test_validation():
     with pytest.raises(ValueError, match="num_thresholds.*got 1"):
-        ClassificationReport(num_thresholds=1)
+        ValidationReport(num_thresholds=1)
+
+
+def test_former_names_still_import() -> None:
+    from lit_finetune import ClassificationReport as Top
+    from lit_finetune.callbacks.classification_report import ClassificationReport
+    from lit_finetune.tasks import TaskModule, TaskModuleProtocol
+
+    assert ClassificationReport is ValidationReport and Top is ValidationReport
+    assert TaskModule is TaskModuleProtocol

@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from seg_model_helpers import ShapesDataset, loader, tiny_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_finetune import BestWorstSamples, ClassificationReport, DataTiming, GradCAM, GradientStats, HParamsSummary, NanGuard
+from lit_finetune import BestWorstSamples, ValidationReport, DataTiming, GradCAM, GradientStats, HParamsSummary, NanGuard
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("segfit")
     model = tiny_module(palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)])
-    best_worst, report = BestWorstSamples(k=2, tile_size=32), ClassificationReport()
+    best_worst, report = BestWorstSamples(k=2, tile_size=32), ValidationReport()
     callbacks = [best_worst, report, GradientStats(), NanGuard(), DataTiming(), HParamsSummary()]
     trainer = Trainer(
         max_epochs=4, logger=TensorBoardLogger(str(tmp), name="seg"), callbacks=callbacks, enable_progress_bar=False,

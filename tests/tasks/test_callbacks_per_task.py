@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_finetune import (
     BestWorstSamples,
-    ClassificationReport,
+    ValidationReport,
     FinetuneClassifier,
     GradCAM,
     GradientStats,
@@ -22,7 +22,7 @@ from lit_finetune import (
     PredictionCSVWriter,
     keys,
 )
-from lit_finetune.tasks import TaskModule
+from lit_finetune.tasks import TaskModuleProtocol
 
 CLASSES = {"multiclass": ["a", "b", "c"], "binary": ["no", "yes"], "multilabel": ["a", "b", "c"]}
 
@@ -54,12 +54,12 @@ class TaskImages(Dataset):
 def test_callbacks_log_for_every_task(task: str, tmp_path: Path, one_thread) -> None:
     torch.manual_seed(0)
     model = FinetuneClassifier(num_classes=len(CLASSES[task]), class_names=CLASSES[task], task=task, backbone="resnet18")
-    assert isinstance(model, TaskModule)
+    assert isinstance(model, TaskModuleProtocol)
     data = TaskImages(task)
     callbacks = [
         BestWorstSamples(k=4, every_n_epochs=1),
         GradCAM(num_images=2, every_n_epochs=1),
-        ClassificationReport(num_thresholds=10),
+        ValidationReport(num_thresholds=10),
         GradientStats(every_n_steps=1),
         NanGuard(),
         PredictionCSVWriter(str(tmp_path / "preds.csv")),
