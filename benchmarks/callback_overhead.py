@@ -1,11 +1,16 @@
 """Training throughput with every diagnostics callback at its default interval vs none, in one run.
 
-Fits the same small model on the same synthetic image folder several times, alternating "with" and
-"without" so that drifting machine load hits both alike, and prints the median throughput of each
-and, last, ``ratio: <with / without>`` (the target is >= 0.95). Both arms train with the data module's
-default augmentation and, unless ``--ema-decay 0``, an EMA of the weights (``EMAWeightAveraging``).
+Fits the same small model on the same data several times, alternating "with" and "without" (the order swaps
+every round, so that drifting machine load hits both alike; round 0 warms both up and is discarded), and prints
+per arm the median throughput and its spread over the rounds, each round's ratio, and last ``ratio: <median of
+the rounds' ratios, with / without>`` (the target is >= 0.95). By default the data are in-memory random images
+read in the main process and neither arm keeps an EMA of the weights, so costs both arms would pay alike
+(decoding PNGs, an EMA update) do not dilute the callbacks' cost; ``--data folder`` writes a synthetic image
+folder and reads it through ``ClassificationDataModule`` (with its default augmentation), ``--ema-decay 0.999``
+adds ``EMAWeightAveraging`` to both arms.
 
     python benchmarks/callback_overhead.py                 # resnet18 at 32 px on the CPU
+    python benchmarks/callback_overhead.py --rounds 1 --per-class 8 --epochs 1   # a quick check that it runs
     python benchmarks/callback_overhead.py --clock cpu --threads 1   # on a busy shared machine
     python benchmarks/callback_overhead.py --accelerator gpu --image-size 224 --batch-size 128
 """
@@ -13,7 +18,6 @@ default augmentation and, unless ``--ema-decay 0``, an EMA of the weights (``EMA
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 import warnings
@@ -21,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import RandomImages, arm_order, print_ratio
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from lit_finetune.callbacks.best_worst import BestWorstSamples
 from lit_finetune.callbacks.classification_report import ValidationReport
@@ -47,6 +53,9 @@ def write_images(root: Path, classes: int, per_class: int, size: int) -> None:
                 img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
                 img[c * size // classes : (c + 1) * size // classes] = 255
                 Image.fromarray(img).save(folder / f"{i}.png")
+
+
+ARMS = ("with all diagnostics", "without")
 
 
 def diagnostics() -> list[Callback]:
@@ -73,22 +82,33 @@ class TrainTimer(Callback):
         self.seconds = self.clock() - self.start
 
 
-def fit_once(args: argparse.Namespace, root: Path, logs: Path, with_callbacks: bool, limit_batches: int | None = None) -> float:
-    seed_everything(0, verbose=False)
-    model = FinetuneClassifier(num_classes=args.classes, backbone=args.backbone, optimizer=torch.optim.AdamW)
+def make_data(args: argparse.Namespace, tmp: Path) -> dict:
+    """``fit`` arguments of the data: in-memory loaders, or the data module of a synthetic image folder."""
+    if args.data == "random":
+        n = args.classes * args.per_class
+        train = DataLoader(RandomImages(n, args.image_size, args.classes), batch_size=args.batch_size, shuffle=True)
+        val = DataLoader(RandomImages(max(2, n // 4), args.image_size, args.classes), batch_size=args.batch_size)
+        return {"train_dataloaders": train, "val_dataloaders": val}
+    root = tmp / "images"
+    write_images(root, args.classes, args.per_class, args.image_size)
     data = ClassificationDataModule(
         str(root), batch_size=args.batch_size, num_workers=args.num_workers, backbone=args.backbone,
         image_size=args.image_size, resize_size=args.image_size,
-    )
+    )  # fmt: skip
+    return {"datamodule": data}
+
+
+def fit_once(args: argparse.Namespace, data: dict, logs: Path, with_callbacks: bool) -> float:
+    seed_everything(0, verbose=False)
+    model = FinetuneClassifier(num_classes=args.classes, backbone=args.backbone, optimizer=torch.optim.AdamW)
     timer = TrainTimer(args.clock)
     ema = [EMAWeightAveraging(decay=args.ema_decay)] if args.ema_decay > 0 else []
     trainer = Trainer(
-        max_epochs=1 if limit_batches else args.epochs, accelerator=args.accelerator, devices=1, logger=TensorBoardLogger(str(logs)),
+        max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=TensorBoardLogger(str(logs)),
         callbacks=[timer, *ema, *(diagnostics() if with_callbacks else [])], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_train_batches=limit_batches, limit_val_batches=limit_batches,
-    )
-    trainer.fit(model, datamodule=data)
+    )  # fmt: skip
+    trainer.fit(model, **data)
     return timer.samples / timer.seconds
 
 
@@ -100,32 +120,30 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=160, help="training images per class")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="fits per setting, alternating")
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=4, help="timed rounds (one fit per arm), after one warm-up round")
+    parser.add_argument("--data", choices=["random", "folder"], default="random", help="in-memory images, or a synthetic PNG folder")
+    parser.add_argument("--num-workers", type=int, default=0, help="--data folder: loader workers")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU time, for shared CPU machines")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights in both arms; 0: off")
+    parser.add_argument("--ema-decay", type=float, default=0.0, help="EMA of the weights in both arms; 0: off")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
+    rates: dict[str, list[float]] = {name: [] for name in ARMS}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "images"
-        write_images(root, args.classes, args.per_class, args.image_size)
-        fit_once(args, root, Path(tmp) / "warmup", with_callbacks=True, limit_batches=2)  # lazy imports (captum, matplotlib)
-        rates: dict[bool, list[float]] = {True: [], False: []}
-        for round_ in range(args.rounds):
-            for with_callbacks in (False, True) if round_ % 2 == 0 else (True, False):
-                rate = fit_once(args, root, Path(tmp) / "logs", with_callbacks)
-                rates[with_callbacks].append(rate)
-                print(f"round {round_}: {'with' if with_callbacks else 'without'} callbacks: {rate:.1f} samples/s", flush=True)
-    with_rate, without_rate = statistics.median(rates[True]), statistics.median(rates[False])
-    steps = args.epochs * -(-args.classes * args.per_class // args.batch_size)
-    print(f"{args.backbone} at {args.image_size} px, batch {args.batch_size}, {steps} steps per fit, log_every_n_steps 50, {args.clock} clock, "
-          f"EMA {args.ema_decay or 'off'}")
-    print(f"median without: {without_rate:.1f} samples/s, with all diagnostics: {with_rate:.1f} samples/s")
-    print(f"ratio: {with_rate / without_rate:.3f}")
+        data = make_data(args, Path(tmp))
+        for round_ in range(args.rounds + 1):  # round 0 warms both arms up (lazy imports: captum, matplotlib)
+            for name in arm_order(round_, ARMS):
+                rate = fit_once(args, data, Path(tmp) / "logs", with_callbacks=name == ARMS[0])
+                if round_ > 0:
+                    rates[name].append(rate)
+                print(f"round {round_}{' (warm-up)' if round_ == 0 else ''}: {name}: {rate:.1f} samples/s", flush=True)
+    steps = args.epochs * (args.classes * args.per_class // args.batch_size)
+    print(f"{args.backbone} at {args.image_size} px, batch {args.batch_size}, ~{steps} steps per fit, data {args.data}, "
+          f"log_every_n_steps 50, {args.clock} clock, EMA {args.ema_decay or 'off'}, rounds {args.rounds} (+1 warm-up)")  # fmt: skip
+    print_ratio(ARMS, rates, "samples/s")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
-from lit_finetune import FinetuneClassifier, ImageFolderDataModule, keys
+from lit_finetune import FinetuneClassifier, ImageFolderDataModule, TaskLightningModule, keys
+from lit_finetune.models.classifier import ClassifierNetwork
+from lit_finetune.modules.options import TrainingOptions, resolve_loss
+from lit_finetune.tasks import build_task
 
 
 def tiny_batch(n: int = 4, classes: int = 3) -> dict:
@@ -126,20 +132,97 @@ class FinetuneWithFeaturePenalty(FinetuneClassifier):
         return terms  # their sum is optimized; each is logged (train/loss_features, ...)
 
 
+class TrainingFlags(Callback):
+    """Records the network's own training flag at each training and validation batch, and whether any epoch
+    metric still holds values at the start of an epoch (Lightning must have reset what was logged)."""
+
+    def __init__(self) -> None:
+        self.flags: dict[str, list[bool]] = {"train": [], "val": []}
+        self.stale: list[str] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.flags["train"].append(pl_module.network.training)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.flags["val"].append(pl_module.network.training)
+
+    def _check_reset(self, pl_module, stage: str) -> None:
+        metrics = {f"{stage}_loss": pl_module.get_submodule(f"{stage}_loss"), **dict(pl_module.get_submodule(f"{stage}_metrics").items())}
+        metrics.update({k: m for k, m in pl_module.loss_term_metrics.items() if k.startswith(stage)})
+        self.stale += [name for name, metric in metrics.items() if metric.update_called]
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._check_reset(pl_module, "train")
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._check_reset(pl_module, "val")
+
+
 def test_readme_subclass_adds_its_auxiliary_loss() -> None:
     torch.manual_seed(0)
-    model = FinetuneWithFeaturePenalty(num_classes=3, feature_penalty=0.5).eval()
+    model = FinetuneWithFeaturePenalty(num_classes=3, feature_penalty=0.5, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    assert model.hparams.feature_penalty == 0.5 and model.hparams.num_classes == 3 and "loss" not in model.hparams
     batch = tiny_batch()
-    out = model.validation_step(batch, 0)
-    features = model(batch[keys.IMAGE])[keys.FEATURES]
+    out = FinetuneWithFeaturePenalty(num_classes=3).eval().validation_step(batch, 0)  # by hand: per-sample losses are computed
     ce = F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET], reduction="none")
-    torch.testing.assert_close(out[keys.LOSS], ce.mean() + 0.5 * features.pow(2).sum(1).mean())
     torch.testing.assert_close(out[keys.SAMPLE_LOSS], ce)  # callbacks rank samples by the configured loss
-    # Every term is logged: the epoch loss is the optimized sum, and each part has its own metric.
-    torch.testing.assert_close(model.val_loss.compute(), out[keys.LOSS])
-    torch.testing.assert_close(model.loss_term_metrics["val_loss_features"].compute(), 0.5 * features.pow(2).sum(1).mean())
-    torch.testing.assert_close(model.loss_term_metrics["val_loss"].compute(), ce.mean())
-    assert model.hparams.feature_penalty == 0.5
+    loader = DataLoader([{k: v[i] for k, v in batch.items()} for i in range(4)], batch_size=4)
+    flags = TrainingFlags()
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=2, val_check_interval=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[flags],
+    )  # fmt: skip
+    trainer.fit(model.train(), loader, loader)
+    # The network is a registered child: Lightning's eval/train switches around validation reach it.
+    assert flags.flags == {"train": [True, True], "val": [False, False, False]}
+    assert flags.stale == []  # epoch values are logged once an epoch and do not carry over
+    with torch.no_grad():
+        out = model.eval()(batch[keys.IMAGE])
+    ce = F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET])
+    penalty = 0.5 * out[keys.FEATURES].pow(2).sum(1).mean()
+    # Every term the subclass returns is logged (lr 0: the weights did not move, so the last validation saw these values).
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert logged["val/loss"] == pytest.approx(float(ce + penalty), rel=1e-4)
+    assert logged["val/loss_main"] == pytest.approx(float(ce), rel=1e-4)
+    assert logged["val/loss_features"] == pytest.approx(float(penalty), rel=1e-4)
+    assert {"train/loss", "train/loss_epoch", "train/loss_main", "train/loss_features"} <= set(logged)
+
+
+def test_network_is_a_registered_child_and_checkpoints_keep_their_names() -> None:
+    model = FinetuneClassifier(num_classes=3)
+    assert dict(model.named_children())["network"] is model.network
+    assert not model.eval().network.training and model.train().network.training
+    state = model.state_dict()
+    # One copy of each weight, under the names checkpoints always had (backbone.*, head.*).
+    expected = {f"backbone.{k}" for k in model.backbone.state_dict()} | {f"head.{k}" for k in model.head.state_dict()}
+    assert set(state) == expected
+    assert all(name.startswith(("backbone.", "head.")) for name, _ in model.named_parameters())
+    other = FinetuneClassifier(num_classes=3)
+    other.load_state_dict(state)  # strict: the network's entries are filled in from backbone.* and head.*
+    for name, tensor in other.network.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_per_sample_losses_only_for_callbacks_that_read_them() -> None:
+    class Reader(Callback):
+        needs_sample_losses = True
+
+    seen: list[bool] = []
+
+    class Spy(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(keys.SAMPLE_LOSS in outputs)
+
+    batch = tiny_batch()
+    loader = DataLoader([{k: v[i] for k, v in batch.items()} for i in range(4)], batch_size=2)
+    for callbacks, expected in (([Spy()], False), ([Spy(), Reader()], True)):
+        seen.clear()
+        model = FinetuneClassifier(num_classes=3)
+        trainer = Trainer(
+            accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=callbacks
+        )
+        trainer.fit(model, loader)
+        assert seen == [expected]
 
 
 def test_global_dice_is_logged_with_its_exact_epoch_value(image_folder) -> None:
@@ -177,5 +260,69 @@ def test_checkpoint_with_a_weighted_loss_loads_into_a_model_built_without_it(tmp
     # ... and the other way round: the configured weights stay.
     trainer.strategy.connect(plain)
     trainer.save_checkpoint(tmp_path / "plain.ckpt")
-    again = FinetuneClassifier.load_from_checkpoint(tmp_path / "plain.ckpt", weights_only=True, loss=nn.CrossEntropyLoss(weight=torch.tensor([3.0, 2.0, 1.0])))
+    again = FinetuneClassifier.load_from_checkpoint(
+        tmp_path / "plain.ckpt", weights_only=True, loss=nn.CrossEntropyLoss(weight=torch.tensor([3.0, 2.0, 1.0]))
+    )
     assert again.loss.weight.tolist() == [3.0, 2.0, 1.0]
+
+
+def test_a_statistics_loss_is_computed_once_a_step_and_its_epoch_value_is_exact() -> None:
+    from lit_finetune import SegmentationModule
+
+    torch.manual_seed(0)
+    model = SegmentationModule(num_classes=3, decoder_channels=[8, 8, 8, 8]).train()
+    loss_class = type(model.loss)
+    calls = []
+    original = loss_class.sample_statistics
+
+    def counted(self, preds, target):
+        calls.append(1)
+        return original(self, preds, target)
+
+    images = torch.randn(4, 3, 32, 32)
+    masks = torch.randint(0, 3, (4, 32, 32))
+    masks[0, :4] = 255
+    batch = {keys.IMAGE: images, keys.TARGET: masks, keys.INDEX: torch.arange(4)}
+    model.sample_losses_wanted = False  # as in a run without a callback that reads them
+    loss_class.sample_statistics = counted
+    try:
+        out = model.training_step(batch, 0)
+    finally:
+        loss_class.sample_statistics = original
+    assert len(calls) == 1  # the optimized loss and the epoch statistics come from one pass
+    with torch.no_grad():
+        expected = model.loss(model(images)[keys.LOGITS], masks)
+    torch.testing.assert_close(out[keys.LOSS].detach(), expected)
+    torch.testing.assert_close(model.train_loss.compute(), expected)
+    assert out[keys.LOSS].requires_grad and keys.SAMPLE_LOSS not in out
+
+
+class TinyTaskModule(TaskLightningModule):
+    """A module of one's own on the shared base: task, network, loss and options handed over in one call."""
+
+    def __init__(self, num_classes: int, lr: float = 0.1, freeze: str = "none") -> None:
+        task = build_task("multiclass", num_classes)
+        backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        options = TrainingOptions(freeze=freeze)
+        super().__init__(
+            task,
+            ClassifierNetwork(backbone, nn.Linear(4, num_classes)),
+            resolve_loss(task, None),
+            partial(torch.optim.SGD, lr=lr),
+            options=options,
+        )
+
+    def forward(self, images):
+        return self.network(images)
+
+
+def test_a_module_of_ones_own_is_built_in_one_call() -> None:
+    model = TinyTaskModule(num_classes=3, lr=0.5, freeze="backbone")
+    assert dict(model.hparams) == {"num_classes": 3, "lr": 0.5, "freeze": "backbone"}  # the subclass's arguments only
+    assert not any(p.requires_grad for p in model.backbone.parameters()) and model.backbone_is_frozen()
+    assert [p for g in model.configure_optimizers().param_groups for p in g["params"]] == list(model.head.parameters())
+    batch = tiny_batch()
+    out = model.validation_step(batch, 0)
+    torch.testing.assert_close(out[keys.LOSS], F.cross_entropy(out[keys.LOGITS], batch[keys.TARGET]))
+    with pytest.raises(ValueError, match="layer_decay"):
+        TrainingOptions(layer_decay=0)

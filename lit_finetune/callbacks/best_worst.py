@@ -92,6 +92,9 @@ class BestWorstSamples(Callback):
         # YAML: trainer.callbacks: [{class_path: lit_finetune.callbacks.best_worst.BestWorstSamples, init_args: {k: 8}}]
     """
 
+    needs_sample_losses = True
+    """The module's steps return per-sample losses (``sample_loss``) only when a callback of the trainer says so."""
+
     def __init__(
         self,
         k: int = 8,

@@ -1,6 +1,6 @@
 """``FinetuneClassifier``: a LightningModule around any torchvision classification backbone.
 
-Built to be subclassed: override ``build_backbone``, ``build_head``, ``forward``, ``compute_loss``
+Built to be subclassed: override ``build_backbone``, ``build_head``, ``forward``, ``loss_terms``
 or ``parameter_groups`` and keep the rest (metrics, logging, optimizer and scheduler wiring, shared with
 ``SegmentationModule`` in ``lit_finetune.modules.base.TaskLightningModule``).
 """
@@ -8,6 +8,7 @@ or ``parameter_groups`` and keep the rest (metrics, logging, optimizer and sched
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -18,19 +19,54 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.models.backbones import MIN_INPUT_SIZE, create_backbone
+from lit_finetune.models.classifier import ClassifierNetwork
+from lit_finetune.models.heads import ClassifierHead
 from lit_finetune.models.preprocessing import weights_preprocessing
+from lit_finetune.modules.base import LOSS_STATE_PREFIXES, TaskLightningModule
+from lit_finetune.modules.options import TrainingOptions, per_sample_copy, resolve_loss
+from lit_finetune.modules.tta import TTAMode, check_tta, tta_logits
 from lit_finetune.optim.feature_cache import FeatureCache
 from lit_finetune.optim.freezing import FreezeSpec
-from lit_finetune.models.heads import ClassifierHead
-from lit_finetune.models.classifier import ClassifierNetwork
-from lit_finetune.modules.base import LOSS_STATE_PREFIXES, TaskLightningModule, per_sample_copy
-from lit_finetune.tasks import build_task, has_soft_targets, loss_weight
-from lit_finetune.modules.tta import TTAMode, check_tta, tta_logits
+from lit_finetune.tasks import build_task, loss_weight
 
 log = logging.getLogger(__name__)
 
 TaskName = Literal["multiclass", "multilabel", "binary"]
-__all__ = ["LOSS_STATE_PREFIXES", "FinetuneClassifier", "TaskName", "per_sample_copy"]
+__all__ = ["LOSS_STATE_PREFIXES", "FinetuneClassifier", "NetworkSpec", "TaskName", "per_sample_copy"]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What :meth:`FinetuneClassifier.build_backbone` and :meth:`~FinetuneClassifier.build_head` build from: the module's options that shape the network.
+
+    Args:
+        backbone: the torchvision model name.
+        weights: None, a weights name of the backbone or a path to a local state_dict.
+        num_outputs: width of the logits (the task's).
+        head_hidden_dims: widths of hidden layers in the head.
+        head_dropout: dropout before each Linear layer of the head.
+        aux_logits: keep the auxiliary head of inception_v3.
+        trust_pickle: allow a local weights file holding a whole pickled model.
+        backbone_kwargs: extra arguments of the torchvision builder.
+    """
+
+    backbone: str
+    weights: str | None
+    num_outputs: int
+    head_hidden_dims: list[int] | None = None
+    head_dropout: float = 0.0
+    aux_logits: bool = True
+    trust_pickle: bool = False
+    backbone_kwargs: dict[str, Any] | None = None
+
+
+def _weight_option(task: str, class_weights: Any, pos_weight: Any) -> Any:
+    """The loss-weight option the task takes; a clear error for the other one."""
+    if class_weights is not None and task != "multiclass":
+        raise ValueError(f"`class_weights` is for task 'multiclass'; task '{task}' takes `pos_weight`.")
+    if pos_weight is not None and task == "multiclass":
+        raise ValueError("`pos_weight` is for tasks 'multilabel' and 'binary'; task 'multiclass' takes `class_weights`.")
+    return class_weights if task == "multiclass" else pos_weight
 
 
 class FinetuneClassifier(TaskLightningModule):
@@ -118,8 +154,6 @@ class FinetuneClassifier(TaskLightningModule):
         out["logits"].shape, out["features"].shape  # (4, 2), (4, 512)
     """
 
-    _loss_weight_options = "`class_weights` / `pos_weight`"
-
     def __init__(
         self,
         num_classes: int,
@@ -158,42 +192,62 @@ class FinetuneClassifier(TaskLightningModule):
         compile: bool = False,
         compile_backend: str = "inductor",
     ) -> None:
-        super().__init__()
         check_tta(tta, tta_crop_fraction)
-        self._check_options(label_smoothing, head_lr, backbone_lr_mult, layer_decay)
-        # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
-        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
-        self._init_task(build_task(task, num_classes, class_names, threshold), backbone, weights, optimizer, lr_scheduler)
+        options = TrainingOptions(
+            freeze, train_bn, head_lr, backbone_lr_mult, layer_decay, no_weight_decay_norm_bias,
+            scheduler_interval, scheduler_monitor, aux_loss_weight, channels_last,
+        )  # fmt: skip
+        if cache_features and type(self).forward is not FinetuneClassifier.forward:
+            raise ValueError(
+                "cache_features=True feeds cached features to the head and bypasses `forward`: leave it off in subclasses that override `forward`."
+            )
+        task_object = build_task(task, num_classes, class_names, threshold)
+        # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
+        weight = loss_weight(
+            task_object, _weight_option(task, class_weights, pos_weight), class_counts, num_train_samples, "training label"
+        )
+        spec = NetworkSpec(
+            backbone, weights, task_object.num_outputs, head_hidden_dims, head_dropout, aux_loss_weight > 0, trust_pickle, backbone_kwargs
+        )
+        network_backbone, feature_size = self.build_backbone(spec)
+        network = ClassifierNetwork(network_backbone, self.build_head(feature_size, spec), channels_last)
         pre = weights_preprocessing(backbone, weights)
-        self._init_normalization(image_mean, image_std, (pre.mean, pre.std))
+        super().__init__(
+            task_object,
+            network,
+            resolve_loss(task_object, loss, label_smoothing, weight, "`class_weights` / `pos_weight`"),
+            optimizer,
+            lr_scheduler,
+            options,
+            backbone_name=backbone,
+            image_mean=image_mean or pre.mean,
+            image_std=image_std or pre.std,
+        )
+        self.weights = weights
+        self.feature_size = feature_size
         self.min_input_size = MIN_INPUT_SIZE.get(backbone, 32)
-
-        self.backbone, self.feature_size = self.build_backbone()
-        self.head = self.build_head(self.feature_size)
-        self._attach_network(ClassifierNetwork(self.backbone, self.head, channels_last), channels_last)
         if compile:
             self.network.compile_parts(compile_backend)
-        self._init_freezing(freeze, train_bn, head_lr)
-        if cache_features and type(self).forward is not FinetuneClassifier.forward:
-            raise ValueError("cache_features=True feeds cached features to the head and bypasses `forward`: leave it off in subclasses that override `forward`.")
         self.feature_caches = {"train": FeatureCache(), "val": FeatureCache()}
-        self._init_loss_and_metrics(loss)
 
     # ------------------------------------------------------------------ override points
-    def build_backbone(self) -> tuple[nn.Module, int]:
-        """Return the backbone (final layer removed) and the width of its pooled features."""
+    def build_backbone(self, spec: NetworkSpec) -> tuple[nn.Module, int]:
+        """Return the backbone (final layer removed) and the width of its pooled features.
+
+        Called by ``__init__`` before the module is set up: use ``spec``, not ``self``'s attributes.
+        """
         return create_backbone(
-            self.backbone_name,
-            self.weights,
-            self.num_outputs,
-            trust_pickle=self.hparams.trust_pickle,
-            aux_logits=self.hparams.aux_loss_weight > 0,
-            model_kwargs=self.hparams.backbone_kwargs,
+            spec.backbone,
+            spec.weights,
+            spec.num_outputs,
+            trust_pickle=spec.trust_pickle,
+            aux_logits=spec.aux_logits,
+            model_kwargs=spec.backbone_kwargs,
         )
 
-    def build_head(self, in_features: int) -> nn.Module:
-        """Return the head that maps pooled features to ``num_outputs`` logits."""
-        return ClassifierHead(in_features, self.num_outputs, self.hparams.head_hidden_dims, self.hparams.head_dropout)
+    def build_head(self, in_features: int, spec: NetworkSpec) -> nn.Module:
+        """Return the head that maps pooled features to ``spec.num_outputs`` logits (called like :meth:`build_backbone`)."""
+        return ClassifierHead(in_features, spec.num_outputs, spec.head_hidden_dims, spec.head_dropout)
 
     def forward(self, images: Tensor, return_features: bool = False) -> dict[str, Tensor]:
         """Class logits of ``images`` (``(N, 3, H, W)``, normalized) and, if asked, their pooled features."""
@@ -203,43 +257,17 @@ class FinetuneClassifier(TaskLightningModule):
         """The backbone's output for ``images`` (see :meth:`ClassifierNetwork.features`)."""
         return self.network.features(images)
 
-    # ------------------------------------------------------------------ hooks of TaskLightningModule
-    @override
-    def _loss_weight(self) -> Tensor | None:
-        class_weights, pos_weight = self.hparams.class_weights, self.hparams.pos_weight
-        if class_weights is not None and self.task.name != "multiclass":
-            raise ValueError(f"`class_weights` is for task 'multiclass'; task '{self.task.name}' takes `pos_weight`.")
-        if pos_weight is not None and self.task.name == "multiclass":
-            raise ValueError("`pos_weight` is for tasks 'multilabel' and 'binary'; task 'multiclass' takes `class_weights`.")
-        value = class_weights if class_weights is not None else pos_weight
-        counts = self.hparams.class_counts
-        # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
-        return loss_weight(self.task, value, counts, getattr(self.hparams, "num_train_samples", None), "training label")
-
-    @override
-    def _has_aux_loss(self, stage: str) -> bool:
-        return self.backbone_name == "inception_v3"
-
+    # ------------------------------------------------------------------ hook of TaskLightningModule
     @override
     def _step_outputs(self, batch: dict, stage: str) -> dict[str, Tensor]:
         """The forward of a step: compiled parts when ``compile``, test-time augmentation or cached features when on."""
         with self.network.compiled_calls(self.hparams.compile):
             if self._uses_tta():
-                forward = lambda images: self(images)[keys.LOGITS]  # noqa: E731
+                forward = lambda images: self(images)[keys.LOGITS]
                 return {keys.LOGITS: tta_logits(self.task, forward, batch[keys.IMAGE], self.hparams.tta, self.hparams.tta_crop_fraction)}
             if self._uses_cache(batch, stage):
                 return self._cached_forward(batch, stage)
             return self(batch[keys.IMAGE])
-
-    @override
-    def _scores_batch(self, batch: dict) -> bool:
-        # A mixed batch (multilabel targets can stay 0/1) or soft targets are not scored against hard labels;
-        # decided from the `mixed` key and the target's shape, never its values (no device sync per step).
-        return not has_soft_targets(self.task, batch)
-
-    @override
-    def _reported_target(self, batch: dict, target: Tensor) -> Tensor:
-        return batch[keys.TARGET]  # as the data gives it (binary: (N,)); the loss alone gets the prepared one
 
     # ------------------------------------------------------------------ helpers
     def _cached_forward(self, batch: dict, stage: str) -> dict[str, Tensor]:
@@ -253,7 +281,9 @@ class FinetuneClassifier(TaskLightningModule):
     def _uses_cache(self, batch: dict, stage: str) -> bool:
         # A mixed batch's images are not the indexed samples': their features cannot be cached by index.
         mixed = batch.get(keys.MIXED, False)
-        return self.hparams.cache_features and stage in self.feature_caches and keys.INDEX in batch and not mixed and self.backbone_is_frozen()
+        return (
+            self.hparams.cache_features and stage in self.feature_caches and keys.INDEX in batch and not mixed and self.backbone_is_frozen()
+        )
 
     def _uses_tta(self) -> bool:
         # validate/test/predict only: the validation inside fit (checkpoint selection) stays plain and cheap.

@@ -5,25 +5,28 @@ dict outputs with ``logits`` ``(N, C, H, W)`` and per-sample losses for the call
 loss optimized as configured, optimizer and scheduler callables, and freezing, per-stage LRs,
 layer-wise LR decay and unfreeze schedules through the same helpers; the loss, steps, logging, optimizer and
 checkpoint hooks are ``TaskLightningModule``'s (``lit_finetune.modules.base``), shared with ``FinetuneClassifier``.
-Override ``build_network``, ``forward``, ``loss_terms`` or ``parameter_groups`` in research code.
+Override ``build_network``, ``forward``, ``loss_terms``, ``sample_losses`` or ``parameter_groups`` in research code.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.models.preprocessing import weights_preprocessing
-from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.models.segmenters import build_segmenter
 from lit_finetune.modules.base import TaskLightningModule
+from lit_finetune.modules.epoch_metrics import epoch_loss_metric
+from lit_finetune.modules.options import TrainingOptions, per_sample_copy, resolve_loss
+from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.tasks.base import loss_weight
 from lit_finetune.tasks.segmentation import SegmentationTask
 from lit_finetune.tasks.segmentation_masks import mask_rule
@@ -49,6 +52,35 @@ def logits_at_mask_size(logits: Tensor, input_size: Tensor | None, mask_size: Te
             crop = F.interpolate(crop.float(), size=(height, width), mode="bilinear", align_corners=False).to(logits.dtype)
         out[i, :, :height, :width] = crop[0]
     return out
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """What :meth:`SegmentationModule.build_network` builds from: the arguments of :func:`~lit_finetune.models.segmenters.build_segmenter`.
+
+    Args:
+        name: a torchvision segmentation model or a classification backbone used as the encoder.
+        num_classes: output maps (the task's outputs).
+        weights: weights name or local state_dict of ``name``.
+        weights_backbone: torchvision segmentation models only: ImageNet weights of their backbone.
+        aux_loss: keep the auxiliary classifier (fcn, deeplabv3 with a ResNet).
+        decoder_channels: encoders only: widths of the U-Net decoder blocks, coarsest first.
+        decoder_dropout: encoders only: dropout before the final 1x1 convolution.
+        channels_last: channels-last inputs.
+        trust_pickle: allow a local weights file holding a whole pickled model.
+        backbone_kwargs: encoders only: extra arguments of the torchvision builder.
+    """
+
+    name: str
+    num_classes: int
+    weights: str | None = None
+    weights_backbone: str | None = None
+    aux_loss: bool = True
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
+    decoder_dropout: float = 0.0
+    channels_last: bool = False
+    trust_pickle: bool = False
+    backbone_kwargs: dict[str, Any] | None = None
 
 
 class SegmentationModule(TaskLightningModule):
@@ -156,55 +188,46 @@ class SegmentationModule(TaskLightningModule):
         no_weight_decay_norm_bias: bool = True,
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        self._check_options(label_smoothing, head_lr, backbone_lr_mult, layer_decay)
-        if class_weights is not None and loss is not None:
-            raise ValueError(f"{self._loss_weight_options} configure the default loss; give them to your own `loss` instead.")
-        if aux_loss_weight < 0:
-            raise ValueError(f"`aux_loss_weight` must be >= 0 (0 removes the auxiliary head), got {aux_loss_weight}.")
+        options = TrainingOptions(
+            freeze, train_bn, head_lr, backbone_lr_mult, layer_decay, no_weight_decay_norm_bias,
+            scheduler_interval, scheduler_monitor, aux_loss_weight, channels_last,
+        )  # fmt: skip
         if palette is not None and len(palette) < num_classes:
             raise ValueError(f"`palette` has {len(palette)} colours for {num_classes} classes: give one RGB triple per class.")
-        # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
-        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
-        if ignore_index is None:  # resolved as the data module resolves it, and stored so (loggers compare the two)
+        if ignore_index is None:  # resolved as the data module resolves it; the hyperparameters keep the value (loggers compare the two)
             ignore_index = mask_rule(task).ignore_index
-            self.save_hyperparameters({**self.hparams, "ignore_index": ignore_index})
-        self._init_task(SegmentationTask(num_classes, class_names, task, ignore_index, threshold), backbone, weights, optimizer, lr_scheduler)
-        self.palette: Palette | None = [tuple(int(v) for v in color) for color in palette] if palette is not None else None
+        task_object = SegmentationTask(num_classes, class_names, task, ignore_index, threshold)
+        # `auto` weights without counts: the data module counts the pixels in its mask check, and `setup` fills them in.
+        weights_pending = class_weights == "auto" and not class_counts
+        if weights_pending and loss is not None:
+            raise ValueError("`class_weights` configure the default loss; give them to your own `loss` instead.")
+        weight = None if weights_pending else loss_weight(task_object, class_weights, class_counts, None, "pixel")
+        loss = resolve_loss(task_object, loss, label_smoothing, weight)
+        spec = SegmenterSpec(
+            backbone, task_object.num_outputs, weights, weights_backbone, aux_loss_weight > 0, tuple(decoder_channels or (256, 128, 64, 32)),
+            decoder_dropout, channels_last, trust_pickle, backbone_kwargs,
+        )  # fmt: skip
         pre = weights_preprocessing(backbone, weights, unknown_names=True)
-        self._init_normalization(image_mean, image_std, (pre.mean, pre.std))
-
-        network = self.build_network()
-        self.backbone, self.head = network.backbone, network.head
-        self._attach_network(network, channels_last)
-        self._init_freezing(self.hparams.freeze, train_bn, head_lr)
-        self._init_loss_and_metrics(loss)
+        mean, std = pre.mean, pre.std
+        super().__init__(
+            task_object, self.build_network(spec), loss, optimizer, lr_scheduler, options, backbone, image_mean or mean, image_std or std
+        )
+        self.weights = weights
+        self._weights_pending = weights_pending
+        self.palette: Palette | None = [tuple(int(v) for v in color) for color in palette] if palette is not None else None
 
     # ------------------------------------------------------------------ override points
-    def build_network(self) -> nn.Module:
-        """The segmentation network: an ``nn.Module`` with ``backbone`` and ``head`` whose forward returns ``{"logits": ...}``."""
-        hp = self.hparams
-        return build_segmenter(
-            self.backbone_name,
-            self.num_outputs,
-            weights=self.weights,
-            weights_backbone=hp.weights_backbone,
-            aux_loss=hp.aux_loss_weight > 0,
-            decoder_channels=hp.decoder_channels or (256, 128, 64, 32),
-            decoder_dropout=hp.decoder_dropout,
-            channels_last=hp.channels_last,
-            trust_pickle=hp.trust_pickle,
-            backbone_kwargs=hp.backbone_kwargs,
-        )
+    def build_network(self, spec: SegmenterSpec) -> nn.Module:
+        """The segmentation network: an ``nn.Module`` with ``backbone`` and ``head`` whose forward returns ``{"logits": ...}``.
+
+        Called by ``__init__`` before the module is set up: use ``spec``, not ``self``'s attributes.
+        """
+        return build_segmenter(**asdict(spec))
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Logits ``(N, C, H, W)`` of ``images`` (``(N, 3, H, W)``, normalized) at their size; ``aux_logits`` in training."""
-        # The network is no registered child, so neither `eval()` nor Lightning's mode restore reaches its own flag.
-        if self.network.training != self.training:
-            self.network.training = self.training
         return self.network(images)
 
-    # ------------------------------------------------------------------ hooks of TaskLightningModule
     @override
     def _step_outputs(self, batch: dict, stage: str) -> dict[str, Tensor]:
         # Scored where the user labelled: logits go to each mask's own size (evaluation keeps masks as stored;
@@ -218,42 +241,28 @@ class SegmentationModule(TaskLightningModule):
             mask_size = torch.tensor([tuple(target.shape[-2:])] * len(target))
         input_size = batch.get(keys.INPUT_SIZE)
         frame = tuple(target.shape[-2:])
-        return {name: logits_at_mask_size(value, input_size, mask_size, frame) if name in (keys.LOGITS, keys.AUX_LOGITS) else value
-                for name, value in outputs.items()}
+        resized = (keys.LOGITS, keys.AUX_LOGITS)
+        return {name: logits_at_mask_size(value, input_size, mask_size, frame) if name in resized else value for name, value in outputs.items()}
 
-    @override
-    def _loss_weight(self) -> Tensor | None:
-        if self.hparams.class_weights == "auto" and not self.hparams.class_counts:
-            # The data module counts the pixels in its mask check at set-up: the weights are filled in then (`setup`).
-            self._weights_pending = True
-            return None
-        return loss_weight(self.task, self.hparams.class_weights, self.hparams.class_counts, None, "pixel")
-
-    @override
-    def _has_aux_loss(self, stage: str) -> bool:
-        # The auxiliary classifier (fcn, deeplabv3) only adds its term in training.
-        return stage == "train" and "aux_classifier" in getattr(self.head, "keys", lambda: [])()
-
-    @override
-    def _mean_per_sample(self, loss: Tensor, target: Tensor) -> Tensor:
-        # A per-pixel loss: its mean over the labeled pixels.
-        loss = loss.flatten(1)
-        ignore = self.task.ignore_index
+    @torch.no_grad()
+    def sample_losses(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:
+        """Detached per-sample values of the configured loss, shape ``(N,)``: a per-pixel loss is averaged over each
+        sample's labeled pixels."""
+        loss = self.loss_per_sample(outputs[keys.LOGITS].detach(), target)
+        if loss.ndim == 1:
+            return loss
+        loss, ignore = loss.flatten(1), self.task.ignore_index
         if ignore is None or loss.shape[1] != target[0].numel():
             return loss.mean(1)
         labeled = (target.reshape(len(target), -1) != ignore).float()
         return (loss * labeled).sum(1) / labeled.sum(1).clamp_min(1)
 
-    @override
-    def _loggable_class_metrics(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        # A class absent from target and prediction has no IoU (NaN): it is not logged.
-        return {name: value for name, value in values.items() if not bool(value.isnan())}
-
     # ------------------------------------------------------------------ Lightning hooks
     @override
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if getattr(self, "_weights_pending", False):
+        if self._weights_pending:
             self._count_pixels(datamodule)
         palette = getattr(datamodule, "palette", None)
         if self.palette is None and palette:
@@ -265,13 +274,18 @@ class SegmentationModule(TaskLightningModule):
                 self.save_hyperparameters({**self.hparams, "palette": given})
 
     def _count_pixels(self, datamodule: Any) -> None:
-        """``class_weights: auto`` without ``class_counts``: take them from the data module's mask check."""
+        """``class_weights: auto`` without ``class_counts``: take them from the data module's mask check, then build the loss."""
         counts = datamodule.count_pixels() if hasattr(datamodule, "count_pixels") else getattr(datamodule, "class_counts", None)
         if not counts:
-            raise ValueError("class_weights='auto' needs `class_counts` (labeled pixels per class): give them, give the weights, or keep `data.check_masks` on.")
-        self._weights_pending = False
+            raise ValueError(
+                "class_weights='auto' needs `class_counts` (labeled pixels per class): give them, give the weights, or keep `data.check_masks` on."
+            )
         self.save_hyperparameters({**self.hparams, "class_counts": list(counts)})
-        self._init_loss_and_metrics(None)
+        weight = loss_weight(self.task, "auto", counts, None, "pixel")
+        loss = resolve_loss(self.task, None, self.hparams.label_smoothing, weight).to(self.device)
+        self.loss, self.loss_per_sample = loss, per_sample_copy(loss)
+        self.train_loss, self.val_loss, self.test_loss = (epoch_loss_metric(loss).to(self.device) for _ in range(3))
+        self._weights_pending = False
 
     @override
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:

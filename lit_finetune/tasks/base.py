@@ -210,7 +210,9 @@ class TaskModuleProtocol(Protocol):
         backbone_name: the torchvision name of the backbone (chooses Grad-CAM's layer for transformers).
 
     The module's ``forward(images)`` returns a dict with ``logits``; its step methods return a dict with
-    ``loss``, ``sample_loss`` (per-sample losses ``(N,)``, detached), ``logits``, ``target`` and ``index``.
+    ``loss``, ``logits``, ``target`` and ``index``, and ``sample_loss`` (per-sample losses ``(N,)``, detached)
+    when a callback of the trainer has the attribute ``needs_sample_losses = True`` (as ``BestWorstSamples``
+    has): the module looks once per run (in ``setup``) and otherwise skips that computation.
     """
 
     task: Task

@@ -25,8 +25,8 @@ class NanSwitch(nn.Module):
 
 
 class NanModel(FinetuneClassifier):
-    def build_backbone(self):
-        backbone, dim = super().build_backbone()
+    def build_backbone(self, spec):
+        backbone, dim = super().build_backbone(spec)
         backbone.layer3 = nn.Sequential(backbone.layer3, NanSwitch())
         return backbone, dim
 

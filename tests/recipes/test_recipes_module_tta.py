@@ -21,7 +21,7 @@ class SmallConvNet(FinetuneClassifier):
 
     symmetric = False
 
-    def build_backbone(self) -> tuple[nn.Module, int]:
+    def build_backbone(self, spec) -> tuple[nn.Module, int]:
         conv = nn.Conv2d(3, 8, 3, padding=1)  # stride 1, zero padding: mirroring the input mirrors the map
         if self.symmetric:
             with torch.no_grad():
