@@ -34,6 +34,7 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.models.backbones import available_backbones, resolve_weights
+from lit_finetune.models.timm_backbones import is_timm_name
 from lit_finetune.data.base import FolderDataModule, check_val_fraction
 from lit_finetune.data.check import scan_once
 from lit_finetune.data.folder import BadImageError, list_images, load_rgb
@@ -151,7 +152,8 @@ def segmentation_preprocessing(backbone: str | None, weights: str | None) -> Pre
     if preset is not None and not hasattr(preset, "crop_size"):  # torchvision's SemanticSegmentation preset
         size = int(preset.resize_size[0]) if preset.resize_size else 520
         return Preprocessing(size, size, tuple(preset.mean), tuple(preset.std), preset.interpolation)
-    return default_preprocessing(backbone if backbone in available_backbones() else None, weights)
+    known = backbone in available_backbones() or is_timm_name(backbone)
+    return default_preprocessing(backbone if known else None, weights)
 
 
 def _to_model_input(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:

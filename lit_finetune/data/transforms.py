@@ -10,6 +10,7 @@ import torch
 from torchvision.transforms import v2
 
 from lit_finetune.models.backbones import DEFAULT_INPUT_SIZE, resolve_weights
+from lit_finetune.models.timm_backbones import is_timm_name, timm_preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,8 +30,11 @@ class Preprocessing:
 def default_preprocessing(backbone: str | None, weights: str | None) -> Preprocessing:
     """Preprocessing of the named weights (their ``transforms()``: sizes, statistics, interpolation), else 256/224 bilinear with ImageNet statistics.
 
-    inception_v3 without weights uses 342/299.
+    inception_v3 without weights uses 342/299. A timm backbone (``timm/<name>``) uses its ``pretrained_cfg``
+    (input size, crop fraction, mean/std, interpolation; see :func:`~lit_finetune.models.timm_backbones.timm_preprocessing`).
     """
+    if is_timm_name(backbone):
+        return Preprocessing(*timm_preprocessing(backbone, weights))
     enum = resolve_weights(backbone, weights) if backbone else None
     if enum is not None:
         preset = enum.transforms()

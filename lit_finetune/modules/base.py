@@ -24,7 +24,7 @@ from lit_finetune.optim.freezing import freeze as freeze_parameters
 from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.optim.param_groups import apply_lr_scales, held_groups, parameter_groups
 from lit_finetune.optim.schedulers import WarmupCosineLR
-from lit_finetune.models.stages import backbone_stages
+from lit_finetune.models.stages import backbone_layers, backbone_stages
 from lit_finetune.tasks import Task
 
 LOSS_STATE_PREFIXES = ("loss.", "loss_per_sample.", "train_loss.", "val_loss.", "test_loss.")
@@ -208,6 +208,7 @@ class TaskLightningModule(LightningModule):
             no_weight_decay_norm_bias=self.hparams.no_weight_decay_norm_bias,
             exclude=self.frozen_parameters,
             keep_separate=held_groups(self._trainer),  # stages an unfreeze schedule warms up keep their own groups
+            layers=backbone_layers(self.backbone),  # timm: decay per block (fine groups); torchvision: the stages
         )
 
     def backbone_is_frozen(self) -> bool:

@@ -20,7 +20,8 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.models.backbones import resolve_weights
-from lit_finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from lit_finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, default_preprocessing
+from lit_finetune.models.timm_backbones import is_timm_name
 from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.models.segmenters import build_segmenter
 from lit_finetune.modules.base import TaskLightningModule
@@ -32,7 +33,10 @@ Palette = list[tuple[int, int, int]]
 
 
 def weights_statistics(backbone: str, weights: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalization ``(mean, std)`` of the named weights (their ``transforms()``), else ImageNet's."""
+    """Normalization ``(mean, std)`` of the named weights (their ``transforms()``; timm: ``pretrained_cfg``), else ImageNet's."""
+    if is_timm_name(backbone):
+        pre = default_preprocessing(backbone, weights)
+        return pre.mean, pre.std
     enum = resolve_weights(backbone, weights)
     if enum is not None:
         preset = enum.transforms()
