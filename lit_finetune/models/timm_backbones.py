@@ -296,7 +296,7 @@ def create_timm_encoder(
     Raises:
         ValueError: timm missing, an unknown name, a file that does not fit, or a model without ``forward_intermediates``.
     """
-    from timm.models import FeatureGetterNet
+    from timm.models._features import FeatureGetterNet  # what features_only=True builds for forward_intermediates models
 
     model = build_timm_model(name, weights, trust_pickle, model_kwargs)
     if not callable(getattr(model, "forward_intermediates", None)):
