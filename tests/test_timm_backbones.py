@@ -265,3 +265,29 @@ def test_backbone_gives_pooled_features_and_stages():
     backbone, width = create_backbone("timm/resnet10t")
     assert width == 512 and backbone.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 512)
     assert [s[0] for s in backbone_stages(backbone)] == ["conv1.0.weight", "layer1.0.conv1.weight", "layer2.0.conv1.weight", "layer3.0.conv1.weight", "layer4.0.conv1.weight"]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "culprit"),
+    [("convnext_atto", {}, "backbone.stages.1.blocks.0.conv_dw"), ("deit_tiny_patch16_224", {"img_size": 32, **TINY_VIT}, "backbone.blocks.1.attn.proj")],
+)
+def test_gradient_stats_and_nan_guard_name_timm_modules(name, kwargs, culprit, tmp_path, one_thread):
+    """GradientStats logs timm's layer paths; NanGuard names the timm module that first gave a NaN."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_finetune.callbacks.gradient_stats import GradientStats
+    from lit_finetune.callbacks.nan_guard import NanGuard
+
+    model = FinetuneClassifier(NUM_CLASSES, backbone=f"timm/{name}", backbone_kwargs=kwargs)
+    stats, guard = GradientStats(every_n_steps=1), NanGuard(dirpath=str(tmp_path), detect_anomaly=False)
+    trainer = Trainer(
+        max_steps=2, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", callbacks=[stats, guard], limit_val_batches=0,
+    )
+    layer = model.get_submodule(culprit)
+    poison = layer.register_forward_hook(lambda m, args, out: out * float("nan") if trainer.global_step == 1 else out)
+    trainer.fit(model, DataLoader(RandomImages(32), batch_size=4))
+    poison.remove()
+    assert f"grad/{culprit}/norm" in stats.last_logged
+    assert guard.culprit == culprit
+    assert f"First module with a non-finite output: '{culprit}'" in guard.report
