@@ -8,7 +8,11 @@ augmentation) and, unless ``--ema-decay 0``, keep an EMA of the weights updated 
 Lightning's ``EMAWeightAveraging``, the plain loop with ``torch.optim.swa_utils.AveragedModel`` and the same
 averaging function. Prints images/s of both and, last, ``ratio: <ours / plain>``.
 
+``--backbone`` takes any backbone name of the module, timm's too (``timm/resnet18``): the plain loop then trains
+the same timm model (the module's backbone and head in an ``nn.Sequential``).
+
     python benchmarks/parity.py [--rounds 3] [--batch-size 64] [--num-workers 2] [--backbone resnet18] [--ema-decay 0.999]
+    python benchmarks/parity.py --backbone timm/resnet18
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--backbone", default="resnet18", help="a torchvision name or timm/<name> (timm/resnet18)")
     parser.add_argument("--data", default=None, help="digits folder (default: a temporary one)")
     parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights on both sides; 0: off")
     args = parser.parse_args()
