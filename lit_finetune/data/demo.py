@@ -29,7 +29,7 @@ DIGIT_CLASSES = [str(d) for d in range(10)]
 def scan_image(scan: np.ndarray, side: int) -> Image.Image:
     """One 8x8 digit scan (values 0-16) as a ``side`` x ``side`` grayscale image (bilinear)."""
     pixels = (scan * (255.0 / 16.0)).astype(np.uint8)
-    return Image.fromarray(pixels, mode="L").resize((side, side), Image.BILINEAR)
+    return Image.fromarray(pixels, mode="L").resize((side, side), Image.Resampling.BILINEAR)
 
 
 def has_splits(root: Path) -> bool:
@@ -136,7 +136,7 @@ def write_digit_pairs(root: str | Path, n_train: int = 1500, n_val: int = 300, g
     digits, rng, pools = load_scan_pools(seed)
     tmp = staging_folder(root, ".digit-pairs-")
     (tmp / "images").mkdir()
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     for split, count in (("train", n_train), ("val", n_val)):
         pool = pools[split]
         for _ in range(count):

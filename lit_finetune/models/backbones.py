@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
+from lit_finetune.models.heads import feature_size, find_final_layer, set_submodule
 from lit_finetune.models.timm_backbones import check_timm_name, create_timm_backbone, is_timm_name
 from lit_finetune.models.weights import WeightsReport, load_weights
 
@@ -83,29 +84,6 @@ def resolve_weights(backbone: str, weights: str | None) -> WeightsEnum | None:
             f"Names: {', '.join(enum.__members__)}; or give a path to a .pth/.pt/.safetensors state_dict."
         )
     return enum[member]
-
-
-def find_final_layer(model: nn.Module) -> tuple[str, nn.Module]:
-    """Name and module of the final classification layer (last Linear/Conv2d registered)."""
-    final = None
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and not name.startswith(("AuxLogits", "aux1", "aux2")):
-            final = (name, module)
-    if final is None:
-        raise ValueError(f"No Linear or Conv2d layer found in {type(model).__name__}: cannot find its head.")
-    return final
-
-
-def feature_size(layer: nn.Module) -> int:
-    """Input width of a final Linear or 1x1 Conv2d layer."""
-    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
-
-
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule at dotted path ``name``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def load_weights_file(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> WeightsReport:

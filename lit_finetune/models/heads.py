@@ -1,4 +1,4 @@
-"""Configurable classification heads."""
+"""Classification heads: the configurable head, and finding and replacing the final layer of a torchvision model."""
 
 from __future__ import annotations
 
@@ -62,3 +62,26 @@ class ClassifierHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.layers(features)
+
+
+def find_final_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """Name and module of the final classification layer (last Linear/Conv2d registered)."""
+    final = None
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and not name.startswith(("AuxLogits", "aux1", "aux2")):
+            final = (name, module)
+    if final is None:
+        raise ValueError(f"No Linear or Conv2d layer found in {type(model).__name__}: cannot find its head.")
+    return final
+
+
+def feature_size(layer: nn.Module) -> int:
+    """Input width of a final Linear or 1x1 Conv2d layer."""
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -28,6 +28,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from torch import Tensor, nn
 
+from lit_finetune.models.heads import find_final_layer
+
 log = logging.getLogger(__name__)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -226,8 +228,6 @@ def head_prefixes_of(model: nn.Module) -> tuple[str, ...]:
         >>> head_prefixes_of(torchvision.models.vgg11())[0]
         'classifier.6.'
     """
-    from lit_finetune.models.backbones import find_final_layer  # backbones imports this module
-
     if isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(getattr(model, "head", None), nn.Module):
         return ("head.", *AUX_HEAD_PREFIXES)
     try:

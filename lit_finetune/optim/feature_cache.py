@@ -38,7 +38,7 @@ class FeatureCache:
         return 0 if self.filled is None else int(self.filled.sum())
 
     def _reserve(self, size: int, like: Tensor) -> None:
-        if self.features is None:
+        if self.features is None or self.filled is None:
             self.features = like.new_empty((size, *like.shape[1:]))
             self.filled = torch.zeros(size, dtype=torch.bool, device=like.device)
         elif size > len(self.features):
@@ -62,8 +62,10 @@ class FeatureCache:
         if missing.any():
             new = compute(missing)
             self._reserve(int(index.max()) + 1, new)
+            assert self.features is not None and self.filled is not None  # _reserve allocated them
             self.features[index[missing]] = new
             self.filled[index[missing]] = True
+        assert self.features is not None  # every sample of `index` is cached now
         return self.features[index]
 
     def verify(self, index: Tensor, features: Tensor, rtol: float = 1e-3, atol: float = 1e-4) -> None:

@@ -26,6 +26,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Optional
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -43,12 +44,12 @@ class _GroupScaledLR(LRScheduler, ABC):
     def lr_factor(self, step: int) -> float:
         """Multiplier of every group's ``initial_lr`` after ``step`` calls of :meth:`step`."""
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         self._add_new_groups()
         factor = self.lr_factor(self.last_epoch)
         return [base_lr * factor for base_lr in self.base_lrs]
 
-    def _get_closed_form_lr(self) -> list[float]:
+    def _get_closed_form_lr(self) -> list[float | Tensor]:
         return self.get_lr()
 
     def _add_new_groups(self) -> None:
