@@ -24,13 +24,13 @@ import time
 import warnings
 
 import torch
+from _timing import EpochTimer, sync
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
 from lit_finetune import FinetuneClassifier, ImageFolderDataModule, keys
-from _timing import EpochTimer, sync
 
 warnings.filterwarnings("ignore")
 

@@ -22,10 +22,10 @@ from lightning.pytorch import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_finetune import keys  # noqa: E402
-from lit_finetune.export import export_checkpoint  # noqa: E402
-from lit_finetune.models.segmenters import build_segmenter  # noqa: E402
-from lit_finetune.modules.classifier import FinetuneClassifier  # noqa: E402
+from lit_finetune import keys
+from lit_finetune.export import export_checkpoint
+from lit_finetune.models.segmenters import build_segmenter
+from lit_finetune.modules.classifier import FinetuneClassifier
 
 TINY_VIT = {"depth": 2}
 FAMILIES = {  # the variants of tests/test_timm_backbones.py: timm.create_model arguments, input side

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import warnings
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 

@@ -6,7 +6,6 @@ Nine families, each tiny (depth and width cut where timm's builder takes them) a
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -80,8 +79,14 @@ def family(request, tmp_path_factory, one_thread):
 
 def _fit(model: FinetuneClassifier, size: int, folder) -> Trainer:
     trainer = Trainer(
-        max_steps=2, limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=folder, accelerator="cpu", num_sanity_val_steps=0,
+        max_steps=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=folder,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
     )
     loader = DataLoader(RandomImages(size), batch_size=4)
     trainer.fit(model, loader, loader)
@@ -166,7 +171,7 @@ def test_gradcam_picks_a_layer_and_gives_maps(family):
     model, size = family["model"], family["size"]
     gradcam = GradCAM(num_images=2)
     images = torch.randn(2, 3, size, size)
-    heatmaps, pred, _ = gradcam.heatmaps(model, images)
+    heatmaps, _, _ = gradcam.heatmaps(model, images)
     assert heatmaps.shape == (2, 1, size, size) and torch.isfinite(heatmaps).all()
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1
     if family["tokens"]:
@@ -247,7 +252,10 @@ def test_unknown_names_and_tags_get_suggestions():
 def test_weights_file_of_another_variant_is_a_clear_error(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), path)
-    with pytest.raises(ValueError, match=r"3 tensor\(s\) of .* do not fit timm's ResNet:\n  layer2\.0\.downsample\.1\.weight: \(128,\) in the file, \(128, 64, 1, 1\) in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"3 tensor\(s\) of .* do not fit timm's ResNet:\n  layer2\.0\.downsample\.1\.weight: \(128,\) in the file, \(128, 64, 1, 1\) in the model",
+    ):
         create_backbone("timm/resnet10t", str(path))
 
 
@@ -264,12 +272,21 @@ def test_missing_timm_is_a_clear_error(monkeypatch):
 def test_backbone_gives_pooled_features_and_stages():
     backbone, width = create_backbone("timm/resnet10t")
     assert width == 512 and backbone.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 512)
-    assert [s[0] for s in backbone_stages(backbone)] == ["conv1.0.weight", "layer1.0.conv1.weight", "layer2.0.conv1.weight", "layer3.0.conv1.weight", "layer4.0.conv1.weight"]
+    assert [s[0] for s in backbone_stages(backbone)] == [
+        "conv1.0.weight",
+        "layer1.0.conv1.weight",
+        "layer2.0.conv1.weight",
+        "layer3.0.conv1.weight",
+        "layer4.0.conv1.weight",
+    ]
 
 
 @pytest.mark.parametrize(
     ("name", "kwargs", "culprit"),
-    [("convnext_atto", {}, "backbone.stages.1.blocks.0.conv_dw"), ("deit_tiny_patch16_224", {"img_size": 32, **TINY_VIT}, "backbone.blocks.1.attn.proj")],
+    [
+        ("convnext_atto", {}, "backbone.stages.1.blocks.0.conv_dw"),
+        ("deit_tiny_patch16_224", {"img_size": 32, **TINY_VIT}, "backbone.blocks.1.attn.proj"),
+    ],
 )
 def test_gradient_stats_and_nan_guard_name_timm_modules(name, kwargs, culprit, tmp_path, one_thread):
     """GradientStats logs timm's layer paths; NanGuard names the timm module that first gave a NaN."""
@@ -281,8 +298,14 @@ def test_gradient_stats_and_nan_guard_name_timm_modules(name, kwargs, culprit, t
     model = FinetuneClassifier(NUM_CLASSES, backbone=f"timm/{name}", backbone_kwargs=kwargs)
     stats, guard = GradientStats(every_n_steps=1), NanGuard(dirpath=str(tmp_path), detect_anomaly=False)
     trainer = Trainer(
-        max_steps=2, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        accelerator="cpu", callbacks=[stats, guard], limit_val_batches=0,
+        max_steps=2,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[stats, guard],
+        limit_val_batches=0,
     )
     layer = model.get_submodule(culprit)
     poison = layer.register_forward_hook(lambda m, args, out: out * float("nan") if trainer.global_step == 1 else out)

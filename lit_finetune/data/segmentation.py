@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
@@ -33,8 +32,6 @@ from torchvision.transforms.v2 import functional as F
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.models.backbones import available_backbones, resolve_weights
-from lit_finetune.models.timm_backbones import is_timm_name
 from lit_finetune.data.base import FolderDataModule, check_val_fraction
 from lit_finetune.data.check import scan_once
 from lit_finetune.data.folder import BadImageError, list_images, load_rgb
@@ -51,6 +48,8 @@ from lit_finetune.data.masks import (
 )
 from lit_finetune.data.segmentation_demo import write_digit_segmentation
 from lit_finetune.data.transforms import Preprocessing, default_preprocessing
+from lit_finetune.models.backbones import available_backbones, resolve_weights
+from lit_finetune.models.timm_backbones import is_timm_name
 
 log = logging.getLogger(__name__)
 

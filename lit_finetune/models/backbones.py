@@ -27,7 +27,6 @@ from lit_finetune.models.heads import feature_size, find_final_layer, set_submod
 from lit_finetune.models.timm_backbones import check_timm_name, create_timm_backbone, is_timm_name
 from lit_finetune.models.weights import WeightsReport, load_weights
 
-
 MIN_INPUT_SIZE = {"inception_v3": 75}
 """Smallest input side that each listed family accepts (others work from 32 px). inception_v3's
 auxiliary head, used in training, needs 299 px: turn it off (``aux_logits=False``) for smaller inputs."""

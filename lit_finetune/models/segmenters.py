@@ -34,9 +34,9 @@ from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from lit_finetune import keys
 from lit_finetune.models.backbones import available_backbones, check_backbone_name, create_backbone, is_weights_file, resolve_weights
-from lit_finetune.models.weights import load_state_dict_file, load_weights
 from lit_finetune.models.stages import _find_rule, backbone_stages, register_stages
 from lit_finetune.models.timm_backbones import create_timm_encoder, is_timm_name
+from lit_finetune.models.weights import load_state_dict_file, load_weights
 
 PROBE_SIZE = 128
 """Side of the blank image run once through an encoder to find its strides."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
@@ -58,13 +58,15 @@ def import_timm(name: str = "timm/...") -> Any:
     try:
         import timm
     except ImportError as err:
-        raise ValueError(f"Backbone '{name}' needs the timm package, which is not installed: `{INSTALL_HINT}` (or `pip install 'timm>=1.0'`).") from err
+        raise ValueError(
+            f"Backbone '{name}' needs the timm package, which is not installed: `{INSTALL_HINT}` (or `pip install 'timm>=1.0'`)."
+        ) from err
     return timm
 
 
 def split_timm_name(name: str) -> tuple[str, str | None]:
     """``"timm/vit_small_patch14_dinov2.lvd142m"`` -> ``("vit_small_patch14_dinov2", "lvd142m")``; no tag -> None."""
-    arch, _, tag = name[len(TIMM_PREFIX):].partition(".")
+    arch, _, tag = name[len(TIMM_PREFIX) :].partition(".")
     return arch, tag or None
 
 
@@ -189,12 +191,14 @@ def load_timm_weights_file(model: nn.Module, path: str, trust_pickle: bool = Fal
     return str(report)
 
 
-def build_timm_model(name: str, weights: str | None, trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None, **extra: Any) -> nn.Module:
+def build_timm_model(
+    name: str, weights: str | None, trust_pickle: bool = False, model_kwargs: dict[str, Any] | None = None, **extra: Any
+) -> nn.Module:
     """The timm model of ``name`` with ``weights`` (see :func:`resolve_timm_weights`), its classifier still on."""
     timm = import_timm(name)
     model_name, pretrained = resolve_timm_weights(name, weights)
     model = timm.create_model(model_name, pretrained=pretrained, **dict(model_kwargs or {}), **extra)
-    if is_weights_path(weights):
+    if weights is not None and is_weights_path(weights):
         rank_zero_info(f"Loaded {weights} into {name}:\n{load_timm_weights_file(model, weights, trust_pickle)}")
     return model
 
@@ -221,7 +225,7 @@ def create_timm_backbone(
         backbone, width = create_timm_backbone("timm/convnext_atto")
         backbone(torch.randn(2, 3, 64, 64)).shape  # (2, 320)
     """
-    model = build_timm_model(name, weights, trust_pickle, model_kwargs)
+    model: Any = build_timm_model(name, weights, trust_pickle, model_kwargs)  # timm's models, typed as nn.Module
     model.reset_classifier(0)
     width = getattr(model, "head_hidden_size", None) or model.num_features
     return model, int(width)
@@ -231,14 +235,19 @@ def create_timm_backbone(
 def _groups(model: nn.Module, coarse: bool) -> list[list[str]]:
     from timm.models import group_parameters
 
-    groups = group_parameters(model, model.group_matcher(coarse=coarse))
+    matcher = getattr(model, "group_matcher")  # noqa: B009 - timm's method, absent from nn.Module's type
+    groups = group_parameters(model, matcher(coarse=coarse))
     return [names for _, names in sorted(groups.items()) if names]
 
 
 def _inner(model: nn.Module) -> tuple[nn.Module, str]:
     """A ``features_only`` wrapper's timm model and the prefix of its names (``model.``); else the model itself."""
     inner = getattr(model, "model", None)
-    if not callable(getattr(model, "group_matcher", None)) and isinstance(inner, nn.Module) and callable(getattr(inner, "group_matcher", None)):
+    if (
+        not callable(getattr(model, "group_matcher", None))
+        and isinstance(inner, nn.Module)
+        and callable(getattr(inner, "group_matcher", None))
+    ):
         return inner, "model."
     return model, ""
 
@@ -262,7 +271,7 @@ def timm_layers(model: nn.Module) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------------------ Grad-CAM
-def timm_gradcam_layer(backbone: nn.Module) -> tuple[str, str] | None:
+def timm_gradcam_layer(backbone: nn.Module) -> tuple[str, Literal["tokens"]] | None:
     """``("backbone.blocks.<last>.norm1", "tokens")`` for token models (ViT, DeiT, EVA, DINOv2); None for CNNs.
 
     Their tokens are reshaped to a grid after the ``num_prefix_tokens`` class and register tokens.
@@ -298,11 +307,13 @@ def create_timm_encoder(
     """
     from timm.models._features import FeatureGetterNet  # what features_only=True builds for forward_intermediates models
 
-    model = build_timm_model(name, weights, trust_pickle, model_kwargs)
+    model: Any = build_timm_model(name, weights, trust_pickle, model_kwargs)
     if not callable(getattr(model, "forward_intermediates", None)):
-        raise ValueError(f"timm's {name} has no `forward_intermediates`, so it cannot serve as a segmentation encoder; pick another family.")
+        raise ValueError(  # noqa: TRY004 - a user error of the chosen backbone, reported as the CLI reports input errors
+            f"timm's {name} has no `forward_intermediates`, so it cannot serve as a segmentation encoder; pick another family."
+        )
     if getattr(model, "num_prefix_tokens", None) is not None and hasattr(model, "blocks"):
-        indices: int | list[int] = vit_feature_indices(len(model.blocks))
+        indices: int | tuple[int, ...] = tuple(vit_feature_indices(len(model.blocks)))
     else:
         indices = len(model.feature_info)
     encoder = FeatureGetterNet(model, out_indices=indices, output_fmt="NCHW")

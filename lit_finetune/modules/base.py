@@ -19,12 +19,12 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 from typing_extensions import override
 
 from lit_finetune import keys
+from lit_finetune.losses import LossMetric, StatisticsLoss
+from lit_finetune.models.stages import backbone_layers, backbone_stages
 from lit_finetune.optim.freezing import FreezeSpec, freeze_patterns
 from lit_finetune.optim.freezing import freeze as freeze_parameters
-from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.optim.param_groups import apply_lr_scales, held_groups, parameter_groups
 from lit_finetune.optim.schedulers import WarmupCosineLR
-from lit_finetune.models.stages import backbone_layers, backbone_stages
 from lit_finetune.tasks import Task
 
 LOSS_STATE_PREFIXES = ("loss.", "loss_per_sample.", "train_loss.", "val_loss.", "test_loss.")

@@ -19,12 +19,12 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.models.backbones import resolve_weights
 from lit_finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, default_preprocessing
-from lit_finetune.models.timm_backbones import is_timm_name
-from lit_finetune.optim.freezing import FreezeSpec
+from lit_finetune.models.backbones import resolve_weights
 from lit_finetune.models.segmenters import build_segmenter
+from lit_finetune.models.timm_backbones import is_timm_name
 from lit_finetune.modules.base import TaskLightningModule
+from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class SegmentationModule(TaskLightningModule):
     @override
     def _has_aux_loss(self, stage: str) -> bool:
         # The auxiliary classifier (fcn, deeplabv3) only adds its term in training.
-        return stage == "train" and "aux_classifier" in getattr(self.head, "keys", lambda: [])()
+        return stage == "train" and "aux_classifier" in getattr(self.head, "keys", list)()
 
     @override
     def _mean_per_sample(self, loss: Tensor, target: Tensor) -> Tensor:

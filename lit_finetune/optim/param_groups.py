@@ -11,7 +11,6 @@ logs one LR per distinct schedule, under the group's ``name`` (``lr-SGD/all``,
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -151,7 +150,7 @@ def parameter_groups(
     groups = []
     for (_, scale, decay), members in sorted(merged.items(), key=lambda item: (item[1][0], not item[0][2])):
         present = [index for index, d in buckets if d == decay]
-        group = {
+        group: dict[str, Any] = {
             "params": [p for index in members for p in buckets[index, decay]],
             "name": _group_name(members, present, names),
             "lr_scale": scale,
@@ -165,10 +164,10 @@ def parameter_groups(
 def _stage_of_layers(stages: Sequence[Sequence[str]], layers: Sequence[Sequence[str]]) -> list[int]:
     """The stage index of each layer; each layer must lie inside one stage."""
     stage_of_param = {name: i for i, stage in enumerate(stages) for name in stage}
-    result = []
+    result: list[int] = []
     for j, layer in enumerate(layers):
-        owners = {stage_of_param.get(name) for name in layer}
-        if len(owners) != 1 or None in owners:
+        owners = {stage_of_param.get(name, -1) for name in layer}
+        if len(owners) != 1 or -1 in owners:
             raise ValueError(f"Layer {j} ({list(layer)[:3]}...) does not lie inside one backbone stage: give layers that split the stages.")
         result.append(owners.pop())
     return result
@@ -230,7 +229,8 @@ def _group_name(parts: Sequence[int], present: Sequence[int], names: Sequence[st
             runs.append([index])
     for run in runs:
         first, last = names[run[0]], names[run[-1]]
-        labels.append(first if len(run) == 1 else f"{first}-{re.search(r'[0-9]+$', last).group()}")
+        number = last[len(last.rstrip("0123456789")) :]  # backbone.stage3 -> 3, backbone.layer12 -> 12
+        labels.append(first if len(run) == 1 else f"{first}-{number}")
     return "+".join(labels)
 
 

@@ -17,8 +17,14 @@ VIT = {"img_size": 32, "depth": 4}
 
 def _fit(model, steps: int = 3) -> Trainer:
     trainer = Trainer(
-        max_steps=steps, limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+        max_steps=steps,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, loader(ShapesDataset()), loader(ShapesDataset(seed=1)))
     return trainer
@@ -35,7 +41,9 @@ def test_cnn_encoder_channels_and_strides_come_from_feature_info():
 
 
 def test_vit_encoder_gives_maps_without_prefix_tokens():
-    net = build_segmenter("timm/vit_small_patch14_reg4_dinov2", 2, backbone_kwargs={"img_size": 28, "depth": 4, "embed_dim": 32, "num_heads": 2})
+    net = build_segmenter(
+        "timm/vit_small_patch14_reg4_dinov2", 2, backbone_kwargs={"img_size": 28, "depth": 4, "embed_dim": 32, "num_heads": 2}
+    )
     reference = timm.create_model("vit_small_patch14_reg4_dinov2", img_size=28, depth=4, embed_dim=32, num_heads=2).eval()
     net.backbone.model.load_state_dict({k: v for k, v in reference.state_dict().items() if k in net.backbone.model.state_dict()})
     images = torch.randn(2, 3, 28, 28)
@@ -43,7 +51,7 @@ def test_vit_encoder_gives_maps_without_prefix_tokens():
     assert net.strides == [14] * 4 and len(maps) == 4
     # The last map is the last block's patch tokens (5 prefix tokens dropped) on the 2x2 grid.
     tokens = reference.blocks(reference._pos_embed(reference.patch_embed(images)))
-    expected = tokens[:, reference.num_prefix_tokens:].reshape(2, 2, 2, -1).permute(0, 3, 1, 2)
+    expected = tokens[:, reference.num_prefix_tokens :].reshape(2, 2, 2, -1).permute(0, 3, 1, 2)
     torch.testing.assert_close(maps[-1], expected)
 
 
