@@ -20,6 +20,7 @@ from lit_finetune.export import export_checkpoint, load_exported
 from lit_finetune.models.backbones import check_backbone_name, create_backbone
 from lit_finetune.models.stages import backbone_layers, backbone_stages
 from lit_finetune.modules.classifier import FinetuneClassifier
+from lit_finetune.optim.param_groups import parameter_groups
 
 timm = pytest.importorskip("timm")
 
@@ -314,3 +315,31 @@ def test_gradient_stats_and_nan_guard_name_timm_modules(name, kwargs, culprit, t
     assert f"grad/{culprit}/norm" in stats.last_logged
     assert guard.culprit == culprit
     assert f"First module with a non-finite output: '{culprit}'" in guard.report
+
+
+def test_frozen_fast_path_and_feature_cache_on_timm_features():
+    """A frozen timm backbone runs in eval mode without autograd; cached pre-logits features feed the head."""
+    model = FinetuneClassifier(NUM_CLASSES, backbone="timm/resnet10t", freeze="backbone", cache_features=True).train()
+    stats = model.backbone.bn1.running_mean.clone()
+    batch = {keys.IMAGE: torch.randn(4, 3, 32, 32), keys.INDEX: torch.arange(4)}
+    calls = []
+    model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    first = model._step_outputs(batch, "train")[keys.LOGITS]
+    model._step_outputs(batch, "train")  # the cache is verified once against fresh features
+    second = model._step_outputs(batch, "train")[keys.LOGITS]  # from the cache: the backbone does not run again
+    assert len(calls) == 2 and first.requires_grad
+    torch.testing.assert_close(first, second)
+    assert torch.equal(model.backbone.bn1.running_mean, stats)  # eval mode: BatchNorm statistics did not move
+    features = model(batch[keys.IMAGE], return_features=True)[keys.FEATURES]
+    assert not features.requires_grad and features.shape == (4, 512)
+
+
+def test_unfreeze_groups_with_layer_decay_keep_each_stage_apart():
+    """With layer decay over timm's fine groups, a stage an unfreeze schedule holds shares no group with another stage."""
+    model = FinetuneClassifier(NUM_CLASSES, backbone="timm/convnext_atto", layer_decay=0.8)
+    stages = model.stages
+    groups = parameter_groups(model, stages, layer_decay=0.8, keep_separate=["backbone.stage1"], layers=backbone_layers(model.backbone))
+    stage1 = {id(p) for n, p in model.backbone.named_parameters() if n in set(stages[1])}
+    holding = [g for g in groups if any(id(p) in stage1 for p in g["params"])]
+    assert holding and all(all(id(p) in stage1 for p in g["params"]) for g in holding)
+    assert {g["name"].removesuffix(".no_decay") for g in holding} == {"backbone.layer1", "backbone.layer2"}  # stages.0: 2 blocks
