@@ -2,7 +2,8 @@
 
 ``lit-finetune fit --config configs/quickstart.yaml`` trains; ``validate``, ``test`` and
 ``predict`` take the same config plus ``--ckpt_path``. Defaults added to every run: a
-TensorBoard logger under ``runs/``, ModelCheckpoint (best ``val/acc`` and ``last.ckpt``),
+TensorBoard logger under ``runs/``, ModelCheckpoint (best value of the task's metric: ``val/acc``, ``val/map``,
+``val/auroc`` or ``val/miou``, unless ``--checkpoint.monitor`` names another; and ``last.ckpt``),
 a learning-rate monitor (with momentum and weight decay, under ``optim/``) and a CSV writer for ``predict``.
 Each is configurable: ``--checkpoint.monitor val/loss``, ``--lr_monitor.logging_interval step``,
 ``--predictions.output_path preds.csv``.
@@ -40,6 +41,7 @@ from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
 from lit_finetune.callbacks.test_report import TestReport
 from lit_finetune.data.datamodule import ImageFolderDataModule
 from lit_finetune.modules.classifier import FinetuneClassifier
+from lit_finetune.tasks import TASKS
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -141,24 +143,44 @@ def resume_logger_version(config) -> None:
         log.info("--ckpt_path last: resuming %s", newest.parent.parent)
 
 
-def monitor_model_metric(config) -> None:
-    """Point the checkpoint at the model's own metric when the default ``val/acc`` is not one of its metrics.
-
-    A model class may name its checkpoint metric in ``checkpoint_monitor`` and ``checkpoint_filename``
-    (``SegmentationModule``: ``val/miou``); a monitor set in the config is left as it is.
-    """
-    checkpoint, model = config.get("checkpoint"), config.get("model")
-    if checkpoint is None or model is None or checkpoint.get("monitor") != DEFAULT_MONITOR or not model.get("class_path"):
-        return
+def model_class_of(model) -> type | None:
+    """The model class a config section names (``FinetuneClassifier`` without a ``class_path``), or None if unknown."""
+    class_path = model.get("class_path") or DEFAULT_MODEL
     try:
-        module, _, name = model.class_path.rpartition(".")
-        model_class = getattr(importlib.import_module(module), name)
+        module, _, name = class_path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        return  # jsonargparse reports an unknown class itself
+        return None  # jsonargparse reports an unknown class itself
+
+
+def task_monitor(model) -> tuple[str, str | None]:
+    """The checkpoint metric of the configured model and its file name pattern (None: made from the metric).
+
+    The model class's ``checkpoint_monitor`` (``SegmentationModule``: ``val/miou``) when it names one, else the
+    ``checkpoint_monitor`` of the task that ``model.task`` selects (``val/acc``, ``val/map``, ``val/auroc``),
+    else ``val/acc``.
+    """
+    model_class = model_class_of(model) if model is not None else None
     monitor = getattr(model_class, "checkpoint_monitor", None)
     if monitor:
-        checkpoint.monitor = monitor
-        checkpoint.filename = getattr(model_class, "checkpoint_filename", checkpoint.get("filename"))
+        return str(monitor), getattr(model_class, "checkpoint_filename", None)
+    options = (model.get("init_args") or model) if model is not None else {}
+    task = TASKS.get(str(options.get("task")))
+    return (task.checkpoint_monitor if task is not None and task.checkpoint_monitor else DEFAULT_MONITOR), None
+
+
+def monitor_model_metric(config) -> None:
+    """Fill in ``checkpoint.monitor`` (when the config sets none) with the task's metric, and ``checkpoint.filename``
+    (when unset) with ``epoch{epoch:02d}-<metric>{<monitor>:.4f}``; see :func:`task_monitor`."""
+    checkpoint = config.get("checkpoint")
+    if checkpoint is None:
+        return
+    filename = None
+    if checkpoint.get("monitor") is None:
+        checkpoint.monitor, filename = task_monitor(config.get("model"))
+    if checkpoint.get("filename") is None:
+        monitor = checkpoint.monitor
+        checkpoint.filename = filename or "epoch{epoch:02d}-" + monitor.rsplit("/", 1)[-1] + "{" + monitor + ":.4f}"
 
 
 def config_files(args: list[str]) -> list[str]:
@@ -255,15 +277,8 @@ class FinetuneCLI(LightningCLI):
         if self.subclass_mode_model:
             parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
         parser.add_lightning_class_args(ResumableModelCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": DEFAULT_MONITOR,
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "epoch{epoch:02d}-acc{val/acc:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
+        # monitor and filename left unset are filled in from the task (monitor_model_metric).
+        parser.set_defaults({"checkpoint.mode": "max", "checkpoint.save_last": True, "checkpoint.auto_insert_metric_name": False})
         parser.add_lightning_class_args(GroupedLearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.log_momentum": True, "lr_monitor.log_weight_decay": True})
         parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
@@ -374,10 +389,11 @@ def is_user_error(err: BaseException) -> bool:
     That is a ``ValueError``/``FileNotFoundError`` raised by a ``raise`` statement in this package's own
     code (the innermost frame is ours), or one of its own input errors (unsafe or bad files).
     """
+    from lit_finetune.callbacks.resumable_checkpoint import MonitorNotLoggedError
     from lit_finetune.models.weights import UnsafeCheckpointError
     from lit_finetune.data.folder import BadImageError
 
-    if isinstance(err, (UnsafeCheckpointError, BadImageError)):
+    if isinstance(err, (UnsafeCheckpointError, BadImageError, MonitorNotLoggedError)):
         return True
     if not isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError)):
         return False

@@ -16,7 +16,9 @@ INDEX = "index"
 PATH = "path"
 """File the sample was read from (a string; a list of strings in a batch)."""
 MIXED = "mixed"
-"""``True`` in a training batch mixed by MixUp/CutMix (absent otherwise): its targets are not hard labels."""
+"""``True`` in a training batch mixed by MixUp/CutMix (absent otherwise): its targets are not hard labels, and
+metrics skip it. A data set of your own with fractional binary or multilabel targets sets it too (the modules
+decide from this key and the target's shape, never by reading values on the device)."""
 ORIGINAL_SIZE = "original_size"
 """Size of the image file, a long tensor ``(2,)`` = ``(height, width)`` (``(N, 2)`` in a batch); segmentation predict."""
 

@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.callbacks._tensorboard import has_tensorboard, tensorboard_writer
-from lit_finetune.tasks import Task, task_of
+from lit_finetune.tasks import Task, has_soft_targets, task_of
 from lit_finetune.tasks.segmentation_metrics import class_dice, class_iou
 
 
@@ -105,16 +105,16 @@ class ClassificationReport(Callback):
         if task.dense:  # segmentation: the pixel confusion matrix only (PR curves over every pixel would cost too much)
             return MetricCollection({"confusion": task.confusion_metric()})
         args = task.torchmetrics_args()
-        args.pop("threshold", None)
+        threshold = {"threshold": args.pop("threshold")} if "threshold" in args else {}  # binary: the task's decision
         per_class = {"average": None} if task.num_outputs > 1 else {}
         metrics: dict[str, Metric] = {
             "pr": PrecisionRecallCurve(**args, thresholds=self.num_thresholds),
             "auroc": AUROC(**args, **per_class, thresholds=self.num_thresholds),
-            "acc": Accuracy(**args, **per_class),
+            "acc": Accuracy(**args, **per_class, **threshold),
             "hist": ConfidenceHistogram(self.histogram_bins),
         }
         if task.confusion_names() is not None:
-            metrics["confusion"] = ConfusionMatrix(**args)
+            metrics["confusion"] = ConfusionMatrix(**args, **threshold)
         # Each metric keeps its own state: compute groups would share it across different metrics.
         return MetricCollection(metrics, compute_groups=False)
 
@@ -140,7 +140,7 @@ class ClassificationReport(Callback):
     ) -> None:
         if not self._active(trainer) or self.metrics is None or not isinstance(outputs, dict):
             return
-        if self.task.is_soft(outputs[keys.TARGET]):
+        if has_soft_targets(self.task, batch if isinstance(batch, dict) else {keys.TARGET: outputs[keys.TARGET]}):
             return
         if self.task.dense:
             self.metrics["confusion"].update(*self.task.metric_inputs(outputs[keys.LOGITS], outputs[keys.TARGET]))

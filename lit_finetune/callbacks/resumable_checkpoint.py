@@ -1,4 +1,5 @@
-"""``ModelCheckpoint`` that refreshes ``last.ckpt`` at every epoch end, improved or not, and keeps ``best.ckpt``."""
+"""``ModelCheckpoint`` that refreshes ``last.ckpt`` at every epoch end, improved or not, keeps ``best.ckpt``, and
+says which metrics are logged when the monitored one is not."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     ``--ckpt_path runs/.../checkpoints/best.ckpt`` needs no file name with a metric in it. All arguments
     are those of ``ModelCheckpoint``.
 
+    A ``monitor`` that the module does not log is an error that lists the logged metrics, raised at the end of
+    the sanity-check validation when the monitor is a metric of that stage (``val/...``), otherwise at the
+    first save, instead of Lightning's traceback after the first epoch.
+
+    Raises:
+        MonitorNotLoggedError: the monitored metric is not among the logged ones.
+
     Example::
 
         checkpoint = ResumableModelCheckpoint(monitor="val/acc", mode="max", save_last=True)
@@ -32,7 +40,20 @@ class ResumableModelCheckpoint(ModelCheckpoint):
 
     _last_saved_step: int = -1
     _best_linked_from: str = ""
+    _monitor_seen: bool = False
     BEST_NAME = "best"
+
+    def _check_monitor(self, trainer: Trainer, logged: dict[str, Tensor], final: bool) -> None:
+        """Raise when ``monitor`` is not in ``logged``; before the first save (``final=False``) only if metrics of
+        its stage (the part before the last ``/``) were logged, since those of another stage may come later."""
+        if self.monitor is None or self._monitor_seen:
+            return
+        if self.monitor in logged:
+            self._monitor_seen = True
+            return
+        stage = self.monitor.rpartition("/")[0]
+        if final or (stage and any(key.startswith(stage + "/") for key in logged)):
+            raise MonitorNotLoggedError(self.monitor, sorted(logged))
 
     def _update_best_link(self, trainer: Trainer) -> None:
         source = self.best_model_path
@@ -73,7 +94,15 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             self._update_best_link(trainer)
 
     @override
+    def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        if self.save_top_k != 0 and trainer.fit_loop.epoch_loop.val_loop._has_run:  # as Lightning decides it is an error
+            self._check_monitor(trainer, monitor_candidates, final=True)
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING and self.save_top_k != 0:
+            self._check_monitor(trainer, dict(trainer.callback_metrics), final=False)
         due = not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer)
         super().on_validation_end(trainer, pl_module)
         if due:
@@ -85,3 +114,21 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if due:
             self._refresh_last(trainer)
+
+
+class MonitorNotLoggedError(ValueError):
+    """The checkpoint's ``monitor`` is not a metric the module logs (a configuration error of the user's).
+
+    Args:
+        monitor: the monitored key.
+        logged: the keys that are logged.
+    """
+
+    def __init__(self, monitor: str, logged: list[str]) -> None:
+        shown = ", ".join(logged) if logged else "none"
+        super().__init__(
+            f"checkpoint.monitor '{monitor}' is not logged by this model; the logged metrics are: {shown}. "
+            "Set `checkpoint.monitor` to one of them (and `checkpoint.mode` to min or max), or leave it unset for the task's metric."
+        )
+        self.monitor = monitor
+        self.logged = logged

@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.callbacks._tensorboard import tensorboard_writer
-from lit_finetune.tasks import Task, task_of
+from lit_finetune.tasks import Task, has_soft_targets, task_of
 
 METRIC_COLUMNS = ["precision", "recall", "f1", "support"]
 
@@ -98,7 +98,7 @@ class TestReport(Callback):
         if self.metrics is None or not isinstance(outputs, dict) or keys.LOGITS not in outputs:
             return
         logits, target = outputs[keys.LOGITS], outputs[keys.TARGET]
-        if self.task.is_soft(target):
+        if has_soft_targets(self.task, batch if isinstance(batch, dict) else {keys.TARGET: target}):
             return
         if self.single_label:
             pred = self.task.predict(logits).pred

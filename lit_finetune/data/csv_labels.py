@@ -5,7 +5,8 @@ One row per image: a column with the image's path relative to the data folder, a
 - a labels column, the image's labels separated by a separator (``"cat dog"``), or
 - one 0/1 column per class (``image,cat,dog`` / ``a.png,1,0``),
 
-and optionally a split column (``train``/``val``/``test``). Class names come from the CSV: the sorted
+and optionally a split column (``train``/``val``/``test``, or a boolean such as fastai's ``is_valid``: true marks
+a validation row). Class names come from the CSV: the sorted
 unique labels, or the class columns in their order. Rows are numbered as in a text editor (the header is
 line 1), so the errors point at lines of the file.
 """
@@ -89,15 +90,29 @@ def parse_class_columns(path: Path, rows, columns: list[str]) -> list[list[int]]
     return classes
 
 
+VALID_VALUES = ("true", "1", "yes")
+TRAIN_VALUES = ("false", "0", "no")
+"""A boolean split column (fastai's ``is_valid``): these values mark validation rows, and those training rows."""
+
+
 def parse_splits(path: Path, rows, split_column: str | None) -> list[str | None]:
-    """Each row's split (``train``/``val``/``test``), or None for every row without a split column."""
+    """Each row's split, or None for every row without a split column.
+
+    The column says ``train``/``val``/``test``, or it is a boolean such as fastai's ``is_valid``
+    (``True``/``False``, ``1``/``0``, ``yes``/``no``, any case): true marks a validation row, false a training row.
+    """
     if split_column is None:
         return [None] * len(rows)
-    splits = [row[split_column].lower() for _, row in rows]
-    bad = [f"line {line}: {row[split_column]!r}" for (line, row), s in zip(rows, splits) if s not in SPLITS]
+    values = [row[split_column].lower() for _, row in rows]
+    if values and all(v in VALID_VALUES + TRAIN_VALUES for v in values):
+        return ["val" if v in VALID_VALUES else "train" for v in values]
+    bad = [f"line {line}: {row[split_column]!r}" for (line, row), s in zip(rows, values) if s not in SPLITS]
     if bad:
-        raise ValueError(f"Column '{split_column}' of '{path}' must say train, val or test; these rows do not:\n{listing(bad)}")
-    return splits
+        raise ValueError(
+            f"Column '{split_column}' of '{path}' must say train, val or test, or be a boolean (true/false, 1/0: true marks "
+            f"a validation row, as fastai's is_valid); these rows do not:\n{listing(bad)}"
+        )
+    return values
 
 
 def check_label_counts(path: Path, parsed: list[CsvRow], task: str) -> None:
@@ -145,7 +160,8 @@ def read_labels_csv(
         label_separator: separator of the labels in ``label_column``.
         class_columns: the 0/1 class columns when ``label_column`` is None; None: every column but the
             image and split columns.
-        split_column: the column of splits (train/val/test); None: no split in the file.
+        split_column: the column of splits (train/val/test, or a boolean: true/1/yes marks a validation row, as
+            fastai's ``is_valid``); None: no split in the file.
         task: ``multiclass`` and ``binary`` need one label a row (a binary CSV with one class column: its
             0/1 value); ``multilabel`` allows any number, none meaning all negative.
 

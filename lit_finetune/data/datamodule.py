@@ -127,8 +127,9 @@ class ImageFolderDataModule(FolderDataModule):
         label_separator: separator of the labels in ``label_column``.
         class_columns: the 0/1 class columns when ``label_column`` is None, in class order; None: every
             column except the image and split columns.
-        split_column: the CSV column saying ``train``, ``val`` or ``test`` for each row; None: split by
-            ``val_fraction`` with ``split_seed`` (stratified for multiclass and binary).
+        split_column: the CSV column saying ``train``, ``val`` or ``test`` for each row, or a boolean column such as
+            fastai's ``is_valid`` (true/1/yes: validation, false/0/no: training); None: split by ``val_fraction``
+            with ``split_seed`` (stratified for multiclass and binary).
         task: ``"multiclass"``, ``"multilabel"`` (only with ``labels_csv``) or ``"binary"`` (two class
             folders, two CSV labels or one CSV class column); linked from ``model.task`` by the CLI.
 

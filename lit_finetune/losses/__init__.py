@@ -9,7 +9,7 @@ autocast and stays finite at saturated logits. :class:`LossMetric` turns any of 
 
 from lit_finetune.losses._common import StatisticsLoss
 from lit_finetune.losses.combined import BCEDiceLoss, CEDiceLoss, bce_dice_loss, ce_dice_loss
-from lit_finetune.losses.cross_entropy import SoftCrossEntropyLoss, soft_cross_entropy_loss
+from lit_finetune.losses.cross_entropy import SmoothedBCEWithLogitsLoss, SoftCrossEntropyLoss, soft_cross_entropy_loss
 from lit_finetune.losses.dice import DiceLoss, dice_loss
 from lit_finetune.losses.focal import FocalLoss, focal_loss
 from lit_finetune.losses.jaccard import JaccardLoss, jaccard_loss
@@ -23,6 +23,7 @@ __all__ = [
     "FocalLoss",
     "JaccardLoss",
     "LossMetric",
+    "SmoothedBCEWithLogitsLoss",
     "SoftCrossEntropyLoss",
     "StatisticsLoss",
     "TverskyLoss",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_finetune.losses._common import Aggregation, ClassWeights, Reduction, Task, _check_unit_interval, _reduce
 from lit_finetune.losses._pixelwise import (
@@ -98,3 +98,43 @@ class SoftCrossEntropyLoss(_PixelwiseLoss):
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}, {super().extra_repr()}"
+
+
+class SmoothedBCEWithLogitsLoss(nn.BCEWithLogitsLoss):
+    """``torch.nn.BCEWithLogitsLoss`` with label smoothing: targets ``y`` become ``y (1 - e) + e / 2``.
+
+    The default loss of the multilabel and binary classification tasks when ``label_smoothing`` is set
+    (``BCEWithLogitsLoss`` itself has no smoothing). ``pos_weight``, ``weight`` and ``reduction`` are
+    torch's; soft targets (mixup) are smoothed the same way.
+
+    Args:
+        label_smoothing: ``e`` in [0, 1): 0 is the plain BCE, 0.1 is common.
+        weight: torch's per-element rescaling weight.
+        pos_weight: torch's weight of the positive term, one per class.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Raises:
+        ValueError: ``label_smoothing`` outside [0, 1).
+
+    Example::
+
+        >>> import torch
+        >>> loss = SmoothedBCEWithLogitsLoss(label_smoothing=0.2)
+        >>> loss(torch.tensor([[2.0]]), torch.tensor([[1.0]]))  # the target becomes 0.9
+        tensor(0.3269)
+    """
+
+    def __init__(
+        self, label_smoothing: float = 0.0, weight: Tensor | None = None, pos_weight: Tensor | None = None, reduction: str = "mean"
+    ) -> None:
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
+        super().__init__(weight=weight, reduction=reduction, pos_weight=pos_weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        e = self.label_smoothing
+        return super().forward(input, target * (1 - e) + e / 2 if e > 0 else target)
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"

@@ -150,7 +150,7 @@ class TaskLightningModule(LightningModule):
         self.train_loss, self.val_loss, self.test_loss = (self._epoch_loss_metric(stage) for stage in ("train", "val", "test"))
         self.loss_term_metrics = nn.ModuleDict()
         metrics = self.build_metrics()
-        self.train_metrics = metrics.clone(prefix="train/")
+        self.train_metrics = self._training_metrics(metrics).clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         class_metrics = self.task.build_class_metrics()
@@ -255,7 +255,17 @@ class TaskLightningModule(LightningModule):
             return self.task.default_loss(self.hparams.label_smoothing, weight)
         if weight is not None:
             raise ValueError(f"{self._loss_weight_options} configure the default loss; give them to your own `loss` instead.")
+        if self.hparams.label_smoothing > 0:
+            raise ValueError("`label_smoothing` configures the default loss; give it to your own `loss` instead (or leave it at 0).")
         return loss
+
+    def _training_metrics(self, metrics: MetricCollection) -> MetricCollection:
+        # Metrics that keep every prediction of the epoch (multilabel average precision) stay out of training.
+        dropped = [name for name in self.task.eval_only_metrics if name in metrics]
+        if not dropped:
+            return metrics
+        kept: dict[str, Metric | MetricCollection] = {name: m for name, m in metrics.items(keep_base=True) if name not in dropped}
+        return MetricCollection(kept, compute_groups=False)
 
     def _epoch_loss_metric(self, stage: str) -> Metric:
         # Losses of lit_finetune.losses that aggregate globally (a Dice over all samples) get their exact

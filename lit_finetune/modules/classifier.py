@@ -25,7 +25,7 @@ from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.models.heads import ClassifierHead
 from lit_finetune.models.classifier import ClassifierNetwork
 from lit_finetune.modules.base import LOSS_STATE_PREFIXES, TaskLightningModule, per_sample_copy
-from lit_finetune.tasks import build_task
+from lit_finetune.tasks import build_task, has_soft_targets
 from lit_finetune.modules.tta import TTAMode, check_tta, tta_logits
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,15 @@ class FinetuneClassifier(TaskLightningModule):
             The logged epoch loss is exact: for losses of ``lit_finetune.losses`` that aggregate over the
             batch, the loss over all samples of the epoch (``LossMetric``); otherwise the batch losses'
             mean weighted by batch size.
-        label_smoothing: label smoothing of the default cross-entropy.
+        label_smoothing: label smoothing ``e`` of the default loss: cross-entropy's (multiclass); for multilabel and
+            binary, BCE targets ``y (1 - e) + e / 2``. With a ``loss`` of your own it must stay 0 (give it to your loss).
         threshold: multilabel and binary: the probability above which a label is predicted (one value,
             or one per class for multilabel). Used by predictions, F1 and exact-match metrics.
         class_weights: multiclass: per-class weights of the default cross-entropy, or ``"auto"``
             (inverse frequency from ``class_counts``).
         pos_weight: multilabel and binary: ``pos_weight`` of the default BCE (one per class), or ``"auto"``
-            (negatives / positives per class from ``class_counts``).
+            (negatives / positives per class from ``class_counts``; a label without positive or without negative
+            training images is an error naming it).
         class_counts: training images per class (multilabel: positives per class), filled in from the data
             by the command line; needed for ``"auto"`` weights.
         num_train_samples: training images (the total that multilabel ``class_counts`` count positives of),
@@ -242,8 +244,9 @@ class FinetuneClassifier(TaskLightningModule):
 
     @override
     def _scores_batch(self, batch: dict) -> bool:
-        # A mixed batch (multilabel targets can stay 0/1) or soft targets are not scored against hard labels.
-        return not (batch.get(keys.MIXED, False) or self.task.is_soft(batch[keys.TARGET]))
+        # A mixed batch (multilabel targets can stay 0/1) or soft targets are not scored against hard labels;
+        # decided from the `mixed` key and the target's shape, never its values (no device sync per step).
+        return not has_soft_targets(self.task, batch)
 
     @override
     def _reported_target(self, batch: dict, target: Tensor) -> Tensor:

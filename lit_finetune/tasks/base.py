@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from lit_finetune import keys
+
 
 @dataclass
 class Prediction:
@@ -45,6 +47,12 @@ class Task(ABC):
     name: str = ""
     dense: bool = False
     """True when targets and predictions are per pixel (segmentation): callbacks draw masks instead of labels."""
+    checkpoint_monitor: str | None = None
+    """The logged metric whose best value the command line's checkpoint keeps (``mode: max``) when the config
+    names none; None: the module's ``checkpoint_monitor``, else ``val/acc``."""
+    eval_only_metrics: tuple[str, ...] = ()
+    """Names of :meth:`build_metrics` left out of the training metrics: those that keep every prediction of the
+    epoch (average precision), which validation and test can afford and a training epoch should not."""
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
         if class_names is not None and len(class_names) != num_classes:
@@ -88,7 +96,9 @@ class Task(ABC):
 
     @abstractmethod
     def metric_inputs(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """``(preds, target)`` for the metrics of :meth:`build_metrics`."""
+        """``(preds, target)`` for the metrics of :meth:`build_metrics`: probabilities or labels the task computed,
+        never raw logits (torchmetrics applies a sigmoid or softmax only to values outside [0, 1], so logits that
+        all fall inside [0, 1] would be read as probabilities)."""
 
     @abstractmethod
     def target_text(self, target: Tensor) -> str:
@@ -107,7 +117,13 @@ class Task(ABC):
         return self.predict(logits).pred
 
     def is_soft(self, target: Tensor) -> bool:
-        """Whether ``target`` holds soft (mixed or smoothed) labels that metrics of hard labels must not score."""
+        """Whether ``target`` holds soft (mixed or smoothed) labels; it may read the values (binary, multilabel), so it
+        serves captions and host tensors. Steps decide with :func:`has_soft_targets`, which never reads values."""
+        return self.is_soft_layout(target)
+
+    def is_soft_layout(self, target: Tensor) -> bool:
+        """Whether ``target``'s dtype and shape alone make it soft (multiclass: float ``(N, C)``); never reads values,
+        so it costs no device synchronization."""
         return False
 
     def class_label(self, index: int) -> str:
@@ -176,3 +192,13 @@ def task_of(pl_module: Any, user: str) -> Task:
             f"(see lit_finetune.tasks.TaskModule); {type(pl_module).__name__} has {type(task).__name__}."
         )
     return task
+
+
+def has_soft_targets(task: Task, batch: dict) -> bool:
+    """Whether a batch's targets are soft, so that metrics of hard labels skip it: its ``mixed`` flag
+    (:data:`lit_finetune.keys.MIXED`, set by MixUp/CutMix) or a soft layout (:meth:`Task.is_soft_layout`).
+
+    Values are never read (no device synchronization per step): a data set of your own whose binary or
+    multilabel targets are fractional sets ``mixed: True`` in its batches, or the metrics score them rounded.
+    """
+    return bool(batch.get(keys.MIXED, False)) or task.is_soft_layout(batch[keys.TARGET])

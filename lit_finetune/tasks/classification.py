@@ -12,6 +12,7 @@ from torchmetrics import AUROC, Accuracy, F1Score, MetricCollection
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelExactMatch
 from torchmetrics.wrappers import ClasswiseWrapper
 
+from lit_finetune.losses.cross_entropy import SmoothedBCEWithLogitsLoss
 from lit_finetune.tasks.base import Prediction, Task
 
 SOFT_CAPTION_CLASSES = 2
@@ -29,12 +30,37 @@ PROB_EPS = 1e-7
 """Probabilities are clamped to ``[PROB_EPS, 1 - PROB_EPS]`` when turned back into logits."""
 
 
+def bce_loss(label_smoothing: float, pos_weight: Tensor | None) -> nn.Module:
+    """The default loss of the sigmoid tasks: BCE with logits, its targets smoothed to ``y (1 - e) + e / 2`` when ``e > 0``."""
+    if label_smoothing > 0:
+        return SmoothedBCEWithLogitsLoss(label_smoothing, pos_weight=pos_weight)
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+def positive_weights(positives: Sequence[int], num_samples: int, names: Sequence[str]) -> Tensor:
+    """``pos_weight: auto``: negatives / positives per label, from the training label counts.
+
+    Raises:
+        ValueError: a label with no positive or no negative training image (its weight would be infinite or 0),
+            naming the labels.
+    """
+    counts = torch.as_tensor(list(positives), dtype=torch.float64)
+    empty = [f"'{name}' ({int(n)} positives of {num_samples})" for name, n in zip(names, counts) if n <= 0 or n >= num_samples]
+    if empty:
+        raise ValueError(
+            f"`pos_weight: auto` needs positive and negative training images of every label; these have only one kind: "
+            f"{', '.join(empty)}. Give `pos_weight` values yourself, or fix the training split."
+        )
+    return ((num_samples - counts) / counts).float()
+
+
 class MulticlassTask(Task):
     """One class per image: softmax over ``num_classes`` logits.
 
     Targets are class indices ``(N,)`` or, after mixup/cutmix or for distillation, class probabilities
     ``(N, C)`` (soft targets: the cross-entropy takes them; hard-label metrics skip such batches).
-    Metrics: ``acc``, ``acc_top5`` (5 classes or more), ``f1`` (macro).
+    Metrics: ``acc``, ``acc_top5`` (5 classes or more), ``f1`` (macro over the classes present in the
+    targets or the predictions of the epoch), all from the softmax probabilities. Checkpoint monitor: ``val/acc``.
 
     Example::
 
@@ -43,6 +69,7 @@ class MulticlassTask(Task):
     """
 
     name = "multiclass"
+    checkpoint_monitor = "val/acc"
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
         if num_classes < 2:
@@ -87,9 +114,9 @@ class MulticlassTask(Task):
         return MetricCollection(metrics)
 
     def metric_inputs(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        return logits, target.long()
+        return logits.float().softmax(dim=1), target.long()
 
-    def is_soft(self, target: Tensor) -> bool:
+    def is_soft_layout(self, target: Tensor) -> bool:
         return target.is_floating_point() and target.ndim == 2
 
     def torchmetrics_args(self) -> dict[str, Any]:
@@ -119,7 +146,9 @@ class MulticlassTask(Task):
 class BinaryTask(MulticlassTask):
     """A yes/no question per image: one logit, sigmoid; class 1 is the positive class.
 
-    Targets are 0/1 per image (``(N,)`` or ``(N, 1)``, any dtype). Metrics: ``acc``, ``auroc``, ``f1``.
+    Targets are 0/1 per image (``(N,)`` or ``(N, 1)``, any dtype). Metrics: ``acc``, ``auroc``, ``f1`` (of the
+    positive class), from the sigmoid probabilities; ``acc`` and ``f1`` at ``threshold``. Checkpoint monitor:
+    ``val/auroc``: it ranks the images without a threshold and does not reward predicting the majority class.
     ``num_classes`` is 1 or 2 (two class names: the negative and the positive class).
 
     Args:
@@ -127,10 +156,13 @@ class BinaryTask(MulticlassTask):
     """
 
     name = "binary"
+    checkpoint_monitor = "val/auroc"
 
     def __init__(self, num_classes: int = 2, class_names: Sequence[str] | None = None, threshold: float = 0.5) -> None:
         if num_classes not in (1, 2):
-            raise ValueError(f"task 'binary' needs num_classes 1 or 2 (one output), got {num_classes}. Use task='multiclass' for more classes.")
+            raise ValueError(
+                f"task 'binary' needs num_classes 1 or 2 (one output), got {num_classes}. Use task='multiclass' for more classes."
+            )
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}.")
         Task.__init__(self, num_classes, class_names)
@@ -146,11 +178,10 @@ class BinaryTask(MulticlassTask):
         return target.float().reshape(-1, 1)
 
     def default_loss(self, label_smoothing: float = 0.0, weight: Tensor | None = None) -> nn.Module:
-        return nn.BCEWithLogitsLoss(pos_weight=weight)
+        return bce_loss(label_smoothing, weight)
 
     def class_weights(self, class_counts: Sequence[int], num_samples: int) -> Tensor:
-        positives = float(class_counts[-1])
-        return torch.tensor([(num_samples - positives) / max(positives, 1.0)])
+        return positive_weights([int(class_counts[-1])], num_samples, [self.class_label(1)])
 
     def predict(self, logits: Tensor) -> Prediction:
         probs = logits.float().sigmoid().reshape(len(logits), 1)
@@ -168,10 +199,13 @@ class BinaryTask(MulticlassTask):
         )
 
     def metric_inputs(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        return logits.reshape(-1), target.reshape(-1).long()
+        return logits.float().sigmoid().reshape(-1), target.reshape(-1).round().long()
 
     def is_soft(self, target: Tensor) -> bool:
         return target.is_floating_point() and bool(((target != 0) & (target != 1)).any())
+
+    def is_soft_layout(self, target: Tensor) -> bool:
+        return False  # (N, 1) float 0/1 targets are hard: only values or the `mixed` key tell
 
     def target_text(self, target: Tensor) -> str:
         if self.is_soft(target):  # mixed: the probability that the image is positive
@@ -206,9 +240,10 @@ class MultilabelTask(Task):
     """Any number of labels per image: a sigmoid per class; a label is predicted above its threshold.
 
     Targets are float multi-hot vectors ``(N, C)`` (all zeros: no label). Metrics: ``map`` (macro
-    average precision, ``MultilabelAveragePrecision``), ``f1_micro`` / ``f1_macro`` at the thresholds,
-    ``exact_match`` (share of images whose whole label set is right), and per class (validation
-    and test) ``ap/<class>`` and ``f1/<class>``.
+    average precision, ``MultilabelAveragePrecision``, over the labels with a positive in the epoch;
+    validation and test only, as it keeps every prediction of the epoch), ``f1_micro`` / ``f1_macro`` at
+    the thresholds, ``exact_match`` (share of images whose whole label set is right), and per class
+    (validation and test) ``ap/<class>`` and ``f1/<class>``. Checkpoint monitor: ``val/map``.
 
     Args:
         threshold: one probability for all classes, or one per class.
@@ -220,6 +255,8 @@ class MultilabelTask(Task):
     """
 
     name = "multilabel"
+    checkpoint_monitor = "val/map"
+    eval_only_metrics = ("map",)
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None, threshold: float | Sequence[float] = 0.5) -> None:
         super().__init__(num_classes, class_names)
@@ -241,11 +278,10 @@ class MultilabelTask(Task):
         )
 
     def default_loss(self, label_smoothing: float = 0.0, weight: Tensor | None = None) -> nn.Module:
-        return nn.BCEWithLogitsLoss(pos_weight=weight)
+        return bce_loss(label_smoothing, weight)
 
     def class_weights(self, class_counts: Sequence[int], num_samples: int) -> Tensor:
-        positives = torch.as_tensor(class_counts, dtype=torch.float32)
-        return (num_samples - positives) / positives.clamp_min(1)
+        return positive_weights(class_counts, num_samples, [self.class_label(i) for i in range(self.num_classes)])
 
     def _shifted_probs(self, logits: Tensor) -> Tensor:
         # sigmoid(z - logit(t)) > 0.5 exactly when sigmoid(z) > t, and a per-class shift keeps the
@@ -263,7 +299,6 @@ class MultilabelTask(Task):
 
     def build_metrics(self) -> MetricCollection:
         n = self.num_classes
-        names = [self.class_label(i) for i in range(n)]
         return MetricCollection(
             {
                 "map": MultilabelAveragePrecision(num_labels=n, average="macro"),
@@ -329,7 +364,7 @@ class MultilabelTask(Task):
         ]
 
 
-TASKS = {"multiclass": MulticlassTask, "multilabel": MultilabelTask, "binary": BinaryTask}
+TASKS: dict[str, type[Task]] = {"multiclass": MulticlassTask, "multilabel": MultilabelTask, "binary": BinaryTask}
 
 
 def build_task(name: str, num_classes: int, class_names: Sequence[str] | None = None, threshold: float | Sequence[float] = 0.5) -> Task:
