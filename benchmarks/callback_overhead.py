@@ -27,13 +27,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from lit_finetune.callbacks.best_worst import BestWorstSamples
-from lit_finetune.callbacks.classification_report import ClassificationReport
+from lit_finetune.callbacks.classification_report import ValidationReport
 from lit_finetune.callbacks.data_timing import DataTiming
 from lit_finetune.callbacks.gradcam import GradCAM
 from lit_finetune.callbacks.gradient_stats import GradientStats
 from lit_finetune.callbacks.hparams import HParamsSummary
 from lit_finetune.callbacks.nan_guard import NanGuard
-from lit_finetune.data.datamodule import ImageFolderDataModule
+from lit_finetune.data.datamodule import ClassificationDataModule
 from lit_finetune.modules.classifier import FinetuneClassifier
 
 
@@ -50,7 +50,7 @@ def write_images(root: Path, classes: int, per_class: int, size: int) -> None:
 
 
 def diagnostics() -> list[Callback]:
-    return [BestWorstSamples(), GradientStats(), NanGuard(), GradCAM(), ClassificationReport(), DataTiming(), HParamsSummary()]
+    return [BestWorstSamples(), GradientStats(), NanGuard(), GradCAM(), ValidationReport(), DataTiming(), HParamsSummary()]
 
 
 class TrainTimer(Callback):
@@ -76,7 +76,7 @@ class TrainTimer(Callback):
 def fit_once(args: argparse.Namespace, root: Path, logs: Path, with_callbacks: bool, limit_batches: int | None = None) -> float:
     seed_everything(0, verbose=False)
     model = FinetuneClassifier(num_classes=args.classes, backbone=args.backbone, optimizer=torch.optim.AdamW)
-    data = ImageFolderDataModule(
+    data = ClassificationDataModule(
         str(root), batch_size=args.batch_size, num_workers=args.num_workers, backbone=args.backbone,
         image_size=args.image_size, resize_size=args.image_size,
     )

@@ -12,7 +12,6 @@ averaging function. Prints images/s of both and, last, ``ratio: <ours / plain>``
 the same timm model (the module's backbone and head in an ``nn.Sequential``).
 
     python benchmarks/parity.py [--rounds 3] [--batch-size 64] [--num-workers 2] [--backbone resnet18] [--ema-decay 0.999]
-    python benchmarks/parity.py --backbone timm/resnet18
 """
 
 from __future__ import annotations
@@ -24,13 +23,13 @@ import time
 import warnings
 
 import torch
-from _timing import EpochTimer, sync
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-from lit_finetune import FinetuneClassifier, ImageFolderDataModule, keys
+from lit_finetune import FinetuneClassifier, ClassificationDataModule, keys
+from _timing import EpochTimer, sync
 
 warnings.filterwarnings("ignore")
 
@@ -61,13 +60,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--backbone", default="resnet18", help="a torchvision name or timm/<name> (timm/resnet18)")
+    parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--data", default=None, help="digits folder (default: a temporary one)")
     parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights on both sides; 0: off")
     args = parser.parse_args()
 
     root = args.data or tempfile.mkdtemp(prefix="parity-")
-    dm = ImageFolderDataModule(
+    dm = ClassificationDataModule(
         root + "/digits", demo="digits", batch_size=args.batch_size, num_workers=args.num_workers,
         image_size=32, resize_size=32, hflip=False, crop_scale=(0.7, 1.0), persistent_workers=args.num_workers > 0,
     )

@@ -5,6 +5,7 @@ from lit_finetune.models.backbones import available_backbones, create_backbone
 from lit_finetune.callbacks import (
     BestWorstSamples,
     ClassificationReport,
+    ValidationReport,
     DataTiming,
     GradCAM,
     GradientStats,
@@ -18,7 +19,7 @@ from lit_finetune.callbacks import (
     UnfreezeSchedule,
 )
 from lit_finetune.models.weights import AtomicCheckpointIO, UnsafeCheckpointError, load_state_dict_file, load_weights
-from lit_finetune.data import ImageFolderDataModule, SegmentationDataModule
+from lit_finetune.data import ClassificationDataModule, ImageFolderDataModule, SegmentationDataModule
 from lit_finetune.data.check import check_data
 from lit_finetune.export import export_checkpoint, load_exported
 from lit_finetune.models.heads import ClassifierHead
@@ -37,6 +38,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "BestWorstSamples",
     "ClassificationReport",
+    "ClassificationDataModule",
     "ClassifierHead",
     "DataTiming",
     "EncoderDecoderSegmenter",
@@ -73,4 +75,5 @@ __all__ = [
     "register_stages",
     "segmentation_models",
     "suggest_lr",
+    "ValidationReport",
 ]

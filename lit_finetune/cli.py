@@ -4,7 +4,8 @@
 ``predict`` take the same config plus ``--ckpt_path``. Defaults added to every run: a
 TensorBoard logger under ``runs/``, ModelCheckpoint (best value of the task's metric: ``val/acc``, ``val/map``,
 ``val/auroc`` or ``val/miou``, unless ``--checkpoint.monitor`` names another; and ``last.ckpt``),
-a learning-rate monitor (with momentum and weight decay, under ``optim/``) and a CSV writer for ``predict``.
+a learning-rate monitor (with momentum and weight decay, under ``zz-optim/``) and a CSV writer for ``predict``.
+``predict`` runs without a logger and writes into ``<run>/predict/<checkpoint>/`` (see :func:`predict_folder`).
 Each is configurable: ``--checkpoint.monitor val/loss``, ``--lr_monitor.logging_interval step``,
 ``--predictions.output_path preds.csv``.
 
@@ -39,13 +40,13 @@ from lit_finetune.callbacks.prediction_writer import PredictionCSVWriter
 from lit_finetune.callbacks.resumable_checkpoint import ResumableModelCheckpoint
 from lit_finetune.callbacks.rng_state import RNGStateCheckpoint
 from lit_finetune.callbacks.test_report import TestReport
-from lit_finetune.data.datamodule import ImageFolderDataModule
+from lit_finetune.data.datamodule import ClassificationDataModule
 from lit_finetune.modules.classifier import FinetuneClassifier
 from lit_finetune.tasks import TASKS
 
 TRAINER_DEFAULTS = {
     "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "class_path": "lit_finetune.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": "lit_finetune", "default_hp_metric": False},
     },
     "max_epochs": 10,
@@ -58,7 +59,7 @@ EXTRA_SUBCOMMANDS = {
 }
 
 DEFAULT_MODEL = "lit_finetune.modules.classifier.FinetuneClassifier"
-DEFAULT_DATA = "lit_finetune.data.datamodule.ImageFolderDataModule"
+DEFAULT_DATA = "lit_finetune.data.datamodule.ClassificationDataModule"
 DEFAULT_MONITOR = "val/acc"
 DEBUG_ENV = "LIT_FINETUNE_DEBUG"
 EVALUATION_SUBCOMMANDS = ("validate", "test", "predict")
@@ -95,31 +96,52 @@ def newest_run_checkpoint(config, name: str) -> Path:
 
 
 def log_beside_checkpoint(config, subcommand: str) -> None:
-    """validate/test/predict: resolve ``--ckpt_path best|last`` and log into the checkpoint's run folder.
+    """validate/test/predict: resolve ``--ckpt_path best|last`` and write beside the checkpoint's run.
 
-    ``runs/x/version_0/checkpoints/best.ckpt`` is evaluated with logs in ``runs/x/version_0/<subcommand>/``
-    and predictions in ``runs/x/version_0/predictions.csv``, instead of a new ``version_N`` per call.
+    ``runs/x/version_0/checkpoints/best.ckpt`` is validated/tested with logs in ``runs/x/version_0/<subcommand>/``,
+    instead of a new ``version_N`` per call; ``predict`` is handled by :func:`predict_folder`.
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
     """
     ckpt_path = config.get("ckpt_path")
-    if ckpt_path is None:
-        return
-    if ckpt_path in ("best", "last"):
+    if ckpt_path is not None and ckpt_path in ("best", "last"):
         config.ckpt_path = ckpt_path = str(newest_run_checkpoint(config, ckpt_path))
-    ckpt = Path(ckpt_path)
-    if "://" in ckpt_path:
-        return
-    if not ckpt.is_file():
+    if ckpt_path is not None and "://" not in ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path '{ckpt_path}' is not a file. Give a .ckpt file, or `best` / `last` for the newest run's.")
-    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if subcommand == "predict":
+        predict_folder(config, ckpt_path)
+        return
     init_args = logger_init_args(config)
-    if init_args is not None and "version" in init_args and "name" in init_args:
-        init_args.save_dir, init_args.name, init_args.version = str(run), "", subcommand
-    predictions = config.get("predictions")
-    if subcommand == "predict" and predictions is not None and not predictions.get("output_path"):
-        predictions.output_path = str(run / "predictions.csv")
+    if ckpt_path is None or "://" in ckpt_path or init_args is None or "version" not in init_args or "name" not in init_args:
+        return
+    init_args.save_dir, init_args.name, init_args.version = str(checkpoint_run(Path(ckpt_path))), "", subcommand
+
+
+def checkpoint_run(ckpt: Path) -> Path:
+    """The run folder of a checkpoint: ``runs/x/version_0`` for ``runs/x/version_0/checkpoints/best.ckpt``."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def predict_folder(config, ckpt_path: str | None) -> None:
+    """predict: no logger, and every output in a folder named for the checkpoint used.
+
+    ``--ckpt_path best`` of ``runs/x/version_0`` writes into ``runs/x/version_0/predict/best/``
+    (``predictions.csv``, ``masks/``, ``config.yaml``), ``last`` into ``.../predict/last/``, any other file into
+    ``<its run>/predict/<file stem>/``; without a checkpoint, ``<logger save_dir>/<name>/predict/no_checkpoint/``.
+    So predictions of two checkpoints never overwrite each other, and predict adds no TensorBoard run (it logs
+    nothing). An ``output_path``/``output_dir`` set on a writer is kept.
+    """
+    if ckpt_path is not None and "://" not in ckpt_path:
+        folder = checkpoint_run(Path(ckpt_path)) / "predict" / Path(ckpt_path).stem
+    elif ckpt_path is not None:
+        folder = Path("predict") / Path(ckpt_path.split("://", 1)[1]).stem
+    else:
+        init_args = logger_init_args(config)
+        root = Path(init_args.save_dir) / (init_args.get("name") or "") if init_args is not None else Path(config.trainer.get("default_root_dir") or ".")
+        folder = root / "predict" / "no_checkpoint"
+    config.trainer.logger = False
+    config.trainer.default_root_dir = str(folder)  # the trainer's log_dir without a logger: the writers' default folder
 
 
 def resume_logger_version(config) -> None:
@@ -344,20 +366,52 @@ class FinetuneCLI(LightningCLI):
 
 
 def names_class_path(args: list[str]) -> bool:
-    """Whether a command line (or one of its ``--config`` files) gives ``model`` or ``data`` a ``class_path``."""
+    """Whether a command line (or one of its ``--config`` files) gives ``model`` or ``data`` a ``class_path``.
+
+    ``--model.help X`` / ``--data.help X`` count too: the help of a class exists in subclass mode only.
+    """
     for i, arg in enumerate(args):
-        if arg.startswith(("--model.class_path", "--data.class_path", "--model=", "--data=")):
+        if arg.startswith(("--model.class_path", "--data.class_path", "--model=", "--data=", "--model.help", "--data.help")):
             return True
         if arg in ("--model", "--data") and i + 1 < len(args):
             return True
+    return bool(selected_classes(args))
+
+
+def selected_classes(args: list[str]) -> dict[str, str]:
+    """The ``class_path`` of ``model`` and ``data`` set in the ``--config`` files (the last file wins) or on the line."""
+    selected: dict[str, str] = {}
     for path in config_files(args):
         try:
             config = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue  # the parser reports the file itself
-        if isinstance(config, dict) and any(isinstance(config.get(key), dict) and "class_path" in config[key] for key in ("model", "data")):
-            return True
-    return False
+        for key in ("model", "data"):
+            if isinstance(config, dict) and isinstance(config.get(key), dict) and isinstance(config[key].get("class_path"), str):
+                selected[key] = config[key]["class_path"]
+    for i, arg in enumerate(args[:-1]):
+        for key in ("model", "data"):
+            if arg in (f"--{key}", f"--{key}.class_path") and not args[i + 1].startswith(("-", "{")) and not args[i + 1].endswith((".yaml", ".yml")):
+                selected[key] = args[i + 1]
+    return selected
+
+
+def print_selected_class_options(args: list[str]) -> None:
+    """After ``--help``: the options of the model and data classes that the config selects.
+
+    In subclass mode LightningCLI's help lists ``--model CLASS_PATH_OR_NAME`` only; the options of the selected
+    class (``model.init_args.*``) are printed here, as ``--model.help <class>`` would print them.
+    """
+    for key, class_path in selected_classes(args).items():
+        module, _, name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module or "lit_finetune"), name)
+        except (ImportError, AttributeError, ValueError):
+            continue  # the parser reports an unknown class when the config is used
+        parser = LightningArgumentParser(description=f"Options of {key}: {class_path} (--{key}.<option> or {key}.init_args.<option>)")
+        parser.add_class_arguments(cls, key, fail_untyped=False)
+        print()
+        parser.print_help()
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> FinetuneCLI:
@@ -365,13 +419,13 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> FinetuneCLI:
 
     A config that names ``model.class_path`` or ``data.class_path`` (``lit_finetune.SegmentationModule``,
     ``lit_finetune.SegmentationDataModule``, a subclass of your own) runs in LightningCLI's subclass mode,
-    with ``FinetuneClassifier`` and ``ImageFolderDataModule`` as the defaults; otherwise the options of
+    with ``FinetuneClassifier`` and ``ClassificationDataModule`` as the defaults; otherwise the options of
     those two are given directly (``model: {backbone: resnet18}``), as in every classification config.
     """
     subclass = names_class_path(sys.argv[1:] if args is None else list(args))
     return FinetuneCLI(
         LightningModule if subclass else FinetuneClassifier,
-        LightningDataModule if subclass else ImageFolderDataModule,
+        LightningDataModule if subclass else ClassificationDataModule,
         subclass_mode_model=subclass,
         subclass_mode_data=subclass,
         trainer_defaults=TRAINER_DEFAULTS,
@@ -456,6 +510,12 @@ def run_subcommand(argv: list[str], from_sys_argv: bool = False) -> None:
         sys.exit(check_main(argv[1:]))
     if argv and argv[0] in ("-h", "--help"):
         print("Other subcommands:\n" + "\n".join(f"  {name:<12}{text} (`lit-finetune {name} --help`)" for name, text in EXTRA_SUBCOMMANDS.items()) + "\n")
+    if len(argv) > 1 and ("-h" in argv or "--help" in argv) and selected_classes(argv):
+        try:
+            build_cli(None if from_sys_argv else argv)
+        except SystemExit:
+            print_selected_class_options(argv)
+            raise
     build_cli(None if from_sys_argv else argv)
 
 

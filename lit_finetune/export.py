@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_finetune import keys
+from lit_finetune.models.preprocessing import configured_preprocessing, weights_preprocessing
 from lit_finetune.models.weights import atomic_save, load_checkpoint_file
 
 EXPORT_VERSION = 1
@@ -102,17 +103,14 @@ def preprocessing_of(checkpoint: dict[str, Any], model: nn.Module | None = None)
     """
     if model is not None and getattr(getattr(model, "task", None), "dense", False):
         return segmentation_preprocessing_of(checkpoint)
-    from lit_finetune.data.datamodule import ImageFolderDataModule
-    from lit_finetune.data.transforms import default_preprocessing
-
     hparams = checkpoint.get("hyper_parameters", {})
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     if data:
-        pre = ImageFolderDataModule._preprocessing(
+        pre = configured_preprocessing(
             data.get("backbone"), data.get("weights"), data.get("image_size"), data.get("resize_size"), data.get("mean"), data.get("std")
         )
     else:
-        pre = default_preprocessing(hparams.get("backbone"), hparams.get("weights"))
+        pre = weights_preprocessing(hparams.get("backbone"), hparams.get("weights"))
     return {
         "resize_size": pre.resize_size,
         "crop_size": pre.crop_size,
@@ -131,17 +129,15 @@ def segmentation_preprocessing_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
     module hyperparameters (a plain ``Trainer.fit``): the weights' size and statistics, or the module's
     ``image_mean``/``image_std`` when set.
     """
-    from lit_finetune.data.segmentation import SegmentationDataModule, segmentation_preprocessing
-
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     if data:
-        pre = SegmentationDataModule._preprocessing(data.get("backbone"), data.get("weights"), data.get("image_size"), data.get("mean"), data.get("std"))
+        pre = configured_preprocessing(data.get("backbone"), data.get("weights"), data.get("image_size"), None, data.get("mean"), data.get("std"), square=True)
         eval_size = data.get("eval_size", "image_size")
         resize = pre.crop_size if eval_size == "image_size" else eval_size
         mean, std = pre.mean, pre.std
     else:
         hparams = checkpoint.get("hyper_parameters") or {}
-        pre = segmentation_preprocessing(hparams.get("backbone"), hparams.get("weights"))
+        pre = weights_preprocessing(hparams.get("backbone"), hparams.get("weights"), unknown_names=True)
         resize, mean, std = pre.crop_size, hparams.get("image_mean") or pre.mean, hparams.get("image_std") or pre.std
     resize_step = f"resize to {resize}x{resize}" if resize is not None else "keep the image's size (full resolution)"
     return {

@@ -31,3 +31,13 @@ def test_every_third_party_import_is_declared():
     names = {re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in declared}
     missing = sorted(m for m in _imported_modules() if IMPORT_NAMES.get(m, m).lower().replace("_", "-") not in names)
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_callbacks_do_not_import_the_data_package():
+    """Callbacks sit beside the data: what both need (image reading, palettes) lives in lit_finetune.images."""
+    offenders = []
+    for path in (ROOT / "lit_finetune" / "callbacks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {m}" for m in modules if m == "lit_finetune.data" or m.startswith("lit_finetune.data.")]
+    assert not offenders, offenders

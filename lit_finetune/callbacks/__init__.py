@@ -1,7 +1,7 @@
 """Lightning callbacks: diagnostics, fine-tuning schedules, checkpoints and prediction output. One a file."""
 
 from lit_finetune.callbacks.best_worst import BestWorstSamples
-from lit_finetune.callbacks.classification_report import ClassificationReport
+from lit_finetune.callbacks.classification_report import ClassificationReport, ValidationReport
 from lit_finetune.callbacks.data_timing import DataTiming
 from lit_finetune.callbacks.gradcam import GradCAM
 from lit_finetune.callbacks.gradient_stats import GradientStats
@@ -30,4 +30,5 @@ __all__ = [
     "SegmentationMaskWriter",
     "ResumableModelCheckpoint",
     "UnfreezeSchedule",
+    "ValidationReport",
 ]

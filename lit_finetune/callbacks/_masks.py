@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_finetune.data.masks import default_palette
+from lit_finetune.images.palette import default_palette
 
 IGNORE_GRAY = 0.5
 """Unlabeled pixels are drawn in this neutral gray (the image shows through at the blend's weight)."""

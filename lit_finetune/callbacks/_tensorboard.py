@@ -2,7 +2,10 @@
 
 Scalars go to every logger of the trainer; images, figures, histograms and text need a
 :class:`~lightning.pytorch.loggers.TensorBoardLogger`. A callback that needs one and finds none
-warns once and skips its work.
+warns once and skips its work (silently in ``predict``, which logs nothing).
+
+Tags of the diagnostics start with ``zz-``: TensorBoard's Time Series view sorts its sections by the part of a
+tag before the first ``/``, so ``train/`` and ``val/`` (the metrics) come first and the diagnostics after them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ def has_tensorboard(trainer: Trainer, owner: str) -> bool:
     """Whether ``trainer`` logs to TensorBoard; warns (once per call site) naming ``owner`` when not."""
     if find_tensorboard(trainer) is not None:
         return True
+    if trainer.predicting:  # predict logs nothing (the CLI runs it without a logger): no warning
+        return False
     rank_zero_warn(f"{owner}: no TensorBoardLogger in `trainer.logger`, so it logs nothing. Add one to see its output.")
     return False
 

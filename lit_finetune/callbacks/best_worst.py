@@ -69,9 +69,9 @@ class BestWorstSamples(Callback):
     predicted mask blended over it, in the module's ``palette`` (else Pascal VOC's colours), unlabeled
     pixels in neutral gray; mask thumbnails are kept instead of logits. Under DDP each
     rank keeps its own top-k; at epoch end the candidates are gathered and rank zero logs one grid per
-    kind: ``best_worst/<stage>/worst`` and ``best_worst/<stage>/best``, plus the chosen dataset indices as
-    text (``best_worst/<stage>/indices``). The first batch of the epoch with a non-finite loss, if any,
-    is logged as ``best_worst/<stage>/nonfinite``. Logged tiles are at most ``tile_size`` pixels wide,
+    kind: ``zz-best_worst/<stage>/worst`` and ``zz-best_worst/<stage>/best``, plus the chosen dataset indices as
+    text (``zz-best_worst/<stage>/indices``). The first batch of the epoch with a non-finite loss, if any,
+    is logged as ``zz-best_worst/<stage>/nonfinite``. Logged tiles are at most ``tile_size`` pixels wide,
     and at most ``3 * k`` of them per stage and epoch.
 
     Args:
@@ -264,9 +264,9 @@ class BestWorstSamples(Callback):
         lines = []
         for kind, state in chosen.items():
             self.selected[stage][kind] = list(zip(state[keys.INDEX].tolist(), state["score"].tolist()))
-            writer.add_image(f"best_worst/{stage}/{kind}", self._grid(state, pl_module), step)
+            writer.add_image(f"zz-best_worst/{stage}/{kind}", self._grid(state, pl_module), step)
             lines.append(f"{kind}: " + ", ".join(f"{i} ({s:.4g})" for i, s in self.selected[stage][kind]))
-        writer.add_text(f"best_worst/{stage}/indices", "  \n".join(lines), step)
+        writer.add_text(f"zz-best_worst/{stage}/indices", "  \n".join(lines), step)
         if nonfinite is not None:
             self._log_nonfinite(stage, writer, step, pl_module, *nonfinite)
 
@@ -324,10 +324,10 @@ class BestWorstSamples(Callback):
         state = {n: v.reshape(len(taken), self.k, *v.shape[1:])[rank].cpu() for n, v in gathered.items()}
         valid = state[keys.INDEX] >= 0
         state = {n: v[valid] for n, v in state.items()}
-        writer.add_image(f"best_worst/{stage}/nonfinite", self._grid(state, pl_module), step)
+        writer.add_image(f"zz-best_worst/{stage}/nonfinite", self._grid(state, pl_module), step)
         bad = state[keys.INDEX][state["bad"]].tolist()
         writer.add_text(
-            f"best_worst/{stage}/nonfinite",
+            f"zz-best_worst/{stage}/nonfinite",
             f"First batch with a non-finite loss: batch {int(state['batch_idx'][0])} (rank {rank}); dataset indices {bad}.",
             step,
         )

@@ -41,18 +41,19 @@ class ConfidenceHistogram(Metric):
         return {"correct": self.correct, "wrong": self.wrong}
 
 
-class ClassificationReport(Callback):
-    """Log a classification report of every validation epoch to TensorBoard (rank zero writes, all ranks reduce).
+class ValidationReport(Callback):
+    """Log a report of every validation epoch to TensorBoard (rank zero writes, all ranks reduce): classification
+    statistics, or segmentation's pixel statistics. Formerly ``ClassificationReport``, a name that still works.
 
-    Logged (multiclass and binary): ``report/confusion_matrix`` (figure, counts in the cells up to
-    ``max_annotated_classes`` classes) and ``report/confusion_matrix_counts`` (text table),
-    ``report/pr_curve/<class>`` (TensorBoard PR curves, up to ``max_pr_curves`` classes),
-    ``report/auroc/<class>`` and ``report/auroc_macro``, ``report/acc/<class>`` (per-class accuracy),
-    ``report/max_prob_correct`` / ``report/max_prob_wrong`` (histograms of the predicted-class
-    probability) and ``report/most_confused`` (text: the most frequent true -> predicted mistakes).
+    Logged (multiclass and binary): ``zz-report/confusion_matrix`` (figure, counts in the cells up to
+    ``max_annotated_classes`` classes) and ``zz-report/confusion_matrix_counts`` (text table),
+    ``zz-report/pr_curve/<class>`` (TensorBoard PR curves, up to ``max_pr_curves`` classes),
+    ``zz-report/auroc/<class>`` and ``zz-report/auroc_macro``, ``zz-report/acc/<class>`` (per-class accuracy),
+    ``zz-report/max_prob_correct`` / ``zz-report/max_prob_wrong`` (histograms of the predicted-class
+    probability) and ``zz-report/most_confused`` (text: the most frequent true -> predicted mistakes).
     Multilabel tasks get the per-label PR curves, AUROC, accuracy and histograms. Segmentation tasks get
-    the pixel confusion matrix (figure and counts, ignored pixels left out), ``report/iou/<class>`` and
-    ``report/iou_table`` (IoU, Dice, true and predicted pixels per class).
+    the pixel confusion matrix (figure and counts, ignored pixels left out), ``zz-report/iou/<class>`` and
+    ``zz-report/iou_table`` (IoU, Dice, true and predicted pixels per class).
 
     Args:
         every_n_epochs: report on every n-th validation epoch (statistics are gathered on those only).
@@ -67,7 +68,7 @@ class ClassificationReport(Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[ClassificationReport(num_thresholds=100)])
+        trainer = Trainer(callbacks=[ValidationReport(num_thresholds=100)])
     """
 
     def __init__(
@@ -173,7 +174,7 @@ class ClassificationReport(Callback):
         hist = results["hist"]
         edges = torch.linspace(0, 1, self.histogram_bins + 1)
         for kind in ("correct", "wrong"):
-            _add_histogram(writer, f"report/max_prob_{kind}", hist[kind].cpu(), edges, step)
+            _add_histogram(writer, f"zz-report/max_prob_{kind}", hist[kind].cpu(), edges, step)
         if "confusion" in results:
             self.confusion = results["confusion"].cpu().long()
             self._log_confusion(writer, step, self.confusion, self.task.confusion_names() or names)
@@ -189,10 +190,10 @@ class ClassificationReport(Callback):
     def _log_per_class(self, writer: Any, step: int, names: list[str], results: dict[str, Any]) -> None:
         auroc = results["auroc"].reshape(-1).cpu()
         acc = results["acc"].reshape(-1).cpu()
-        writer.add_scalar("report/auroc_macro", float(auroc.nanmean()), step)
+        writer.add_scalar("zz-report/auroc_macro", float(auroc.nanmean()), step)
         for i, name in enumerate(names[: self.max_pr_curves]):
-            writer.add_scalar(f"report/auroc/{name}", float(auroc[i]), step)
-            writer.add_scalar(f"report/acc/{name}", float(acc[i]), step)
+            writer.add_scalar(f"zz-report/auroc/{name}", float(auroc[i]), step)
+            writer.add_scalar(f"zz-report/acc/{name}", float(acc[i]), step)
 
     def _log_pr_curves(self, writer: Any, step: int, names: list[str], counts: Tensor) -> None:
         for i, name in enumerate(names[: self.max_pr_curves]):
@@ -200,28 +201,28 @@ class ClassificationReport(Callback):
             precision = torch.where(tp + fp > 0, tp / (tp + fp).clamp_min(1), torch.ones_like(tp))
             recall = tp / (tp + fn).clamp_min(1)
             writer.add_pr_curve_raw(
-                f"report/pr_curve/{name}", tp.numpy(), fp.numpy(), tn.numpy(), fn.numpy(), precision.numpy(), recall.numpy(), step,
+                f"zz-report/pr_curve/{name}", tp.numpy(), fp.numpy(), tn.numpy(), fn.numpy(), precision.numpy(), recall.numpy(), step,
                 num_thresholds=len(tp),
             )
 
     def _log_iou_table(self, writer: Any, step: int, confusion: Tensor, names: list[str]) -> None:
-        """Segmentation: ``report/iou/<class>`` scalars and ``report/iou_table`` (IoU, Dice, pixels of each class)."""
+        """Segmentation: ``zz-report/iou/<class>`` scalars and ``zz-report/iou_table`` (IoU, Dice, pixels of each class)."""
         iou, dice = class_iou(confusion), class_dice(confusion)
         pixels = confusion.sum(dim=1)
         rows = []
         for i, name in enumerate(names):
             if not bool(iou[i].isnan()):
-                writer.add_scalar(f"report/iou/{name}", float(iou[i]), step)
+                writer.add_scalar(f"zz-report/iou/{name}", float(iou[i]), step)
             rows.append(f"| {name} | {float(iou[i]):.4f} | {float(dice[i]):.4f} | {int(pixels[i])} | {int(confusion[:, i].sum())} |")
         header = "| class | IoU | Dice | true pixels | predicted pixels |\n|---|---|---|---|---|\n"
-        writer.add_text("report/iou_table", header + "\n".join(rows), step)
+        writer.add_text("zz-report/iou_table", header + "\n".join(rows), step)
 
     def _log_confusion(self, writer: Any, step: int, confusion: Tensor, names: list[str]) -> None:
         figure = confusion_figure(confusion, names, annotate=len(names) <= self.max_annotated_classes)
-        writer.add_figure("report/confusion_matrix", figure, step)
+        writer.add_figure("zz-report/confusion_matrix", figure, step)
         header = "| true \\ pred | " + " | ".join(names) + " |\n|" + "---|" * (len(names) + 1) + "\n"
         rows = "\n".join(f"| {names[i]} | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(confusion.tolist()))
-        writer.add_text("report/confusion_matrix_counts", header + rows, step)
+        writer.add_text("zz-report/confusion_matrix_counts", header + rows, step)
         off = confusion.clone()
         off.fill_diagonal_(0)
         count = min(self.top_confused, int((off > 0).sum()))
@@ -229,7 +230,7 @@ class ClassificationReport(Callback):
         table = "| true | predicted | count |\n|---|---|---|\n" + "\n".join(
             f"| {names[int(f) // len(names)]} | {names[int(f) % len(names)]} | {int(v)} |" for v, f in zip(values, flat)
         )
-        writer.add_text("report/most_confused", table if count else "No mistakes.", step)
+        writer.add_text("zz-report/most_confused", table if count else "No mistakes.", step)
 
 
 def confusion_figure(confusion: Tensor, names: list[str], annotate: bool = True) -> Any:
@@ -272,3 +273,7 @@ def _add_histogram(writer: Any, tag: str, counts: Tensor, edges: Tensor, step: i
         bucket_counts=counts.tolist(),
         global_step=step,
     )
+
+
+ClassificationReport = ValidationReport
+"""The former name of :class:`ValidationReport`, kept for configs and imports that use it."""

@@ -23,8 +23,8 @@ class DataTiming(Callback):
     starves for input, which is what the fraction is meant to show. Validation is excluded.
 
     Logged every ``every_n_steps`` training batches, averaged over that window, to every logger:
-    ``perf/data_wait_fraction``, ``perf/samples_per_sec`` (over all ranks), ``perf/data_wait_ms`` and
-    ``perf/step_ms`` (per batch).
+    ``zz-perf/data_wait_fraction``, ``zz-perf/samples_per_sec`` (over all ranks), ``zz-perf/data_wait_ms`` and
+    ``zz-perf/step_ms`` (per batch).
 
     Args:
         every_n_steps: window length in training batches; None: the Trainer's ``log_every_n_steps``.
@@ -80,10 +80,10 @@ class DataTiming(Callback):
         total = self._wait + self._compute
         if total > 0:
             self.last_logged = {
-                "perf/data_wait_fraction": self._wait / total,
-                "perf/samples_per_sec": self._samples * trainer.world_size / total,
-                "perf/data_wait_ms": 1000 * self._wait / self._batches,
-                "perf/step_ms": 1000 * self._compute / self._batches,
+                "zz-perf/data_wait_fraction": self._wait / total,
+                "zz-perf/samples_per_sec": self._samples * trainer.world_size / total,
+                "zz-perf/data_wait_ms": 1000 * self._wait / self._batches,
+                "zz-perf/step_ms": 1000 * self._compute / self._batches,
             }
             log_scalars(trainer, self.last_logged, trainer.global_step)
         self._reset_window()

@@ -129,7 +129,7 @@ def preserved_state(module: nn.Module) -> Iterator[None]:
 
 
 class GradCAM(Callback):
-    """Log Grad-CAM overlays of the first ``num_images`` validation images as ``gradcam/val``.
+    """Log Grad-CAM overlays of the first ``num_images`` validation images as ``zz-gradcam/val``.
 
     The probe images are taken once from the first validation batches (on rank zero) and kept, so the
     same images are explained every epoch. The heatmaps explain the predicted class (or the true one)
@@ -241,7 +241,7 @@ class GradCAM(Callback):
             targets = torch.cat(self._targets).clone()
         heatmaps, pred, prob = self.heatmaps(pl_module, images, targets)
         self.last_heatmaps = heatmaps
-        writer.add_image("gradcam/val", self._grid(pl_module, images, heatmaps, targets, pred, prob), trainer.global_step)
+        writer.add_image("zz-gradcam/val", self._grid(pl_module, images, heatmaps, targets, pred, prob), trainer.global_step)
 
     def heatmaps(self, pl_module: LightningModule, images: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Grad-CAM maps of ``images`` (normalized ``(N, 3, H, W)``), upsampled to the image size and scaled to ``[0, 1]``.

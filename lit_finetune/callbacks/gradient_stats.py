@@ -27,14 +27,14 @@ STATS = ("min", "mean", "max", "norm")
 class GradientStats(Callback):
     """Log, per layer (module owning parameters), gradient min/mean/max/L2 norm, weight norm and update ratio.
 
-    Scalars (every ``every_n_steps`` optimizer steps): ``grad/<layer>/{min,mean,max,norm}``,
-    ``weight/<layer>/norm``, ``update_ratio/<layer>`` (``||w_after - w_before|| / ||w_before||`` of that
-    step) and ``grad/global_norm`` (the norm of all gradients as one vector, the one gradient clipping
-    uses). Gradient histograms go to TensorBoard as ``grad_hist/<layer>`` every
+    Scalars (every ``every_n_steps`` optimizer steps): ``zz-grad/<layer>/{min,mean,max,norm}``,
+    ``zz-weight/<layer>/norm``, ``zz-update_ratio/<layer>`` (``||w_after - w_before|| / ||w_before||`` of that
+    step) and ``zz-grad/global_norm`` (the norm of all gradients as one vector, the one gradient clipping
+    uses). Gradient histograms go to TensorBoard as ``zz-grad_hist/<layer>`` every
     ``histogram_every_n_steps`` steps. A layer whose gradient norm falls below ``vanishing_threshold``
     or rises above ``exploding_factor`` times the running median of its last ``window`` logged norms is
-    reported with a warning (once per layer and kind) and counted in ``grad/num_vanishing_layers`` /
-    ``grad/num_exploding_layers``. Runs on rank zero only: gradients are identical on all ranks after
+    reported with a warning (once per layer and kind) and counted in ``zz-grad/num_vanishing_layers`` /
+    ``zz-grad/num_exploding_layers``. Runs on rank zero only: gradients are identical on all ranks after
     the DDP all-reduce.
 
     Args:
@@ -143,7 +143,7 @@ class GradientStats(Callback):
 
     def _log(self, trainer: Trainer, step: int, names: list[str], values: list[float]) -> None:
         width = len(STATS) + 2
-        metrics: dict[str, float] = {"grad/global_norm": values[-1]}
+        metrics: dict[str, float] = {"zz-grad/global_norm": values[-1]}
         vanishing = exploding = 0
         for i, name in enumerate(names):
             row = values[i * width : (i + 1) * width]
@@ -156,11 +156,11 @@ class GradientStats(Callback):
                 self._warn(step, name, kind, norm)
             if not self._selected(name):
                 continue
-            metrics.update({f"grad/{name}/{stat}": row[j] for j, stat in enumerate(STATS)})
-            metrics[f"weight/{name}/norm"] = row[len(STATS)]
-            metrics[f"update_ratio/{name}"] = row[len(STATS) + 1]
-        metrics["grad/num_vanishing_layers"] = float(vanishing)
-        metrics["grad/num_exploding_layers"] = float(exploding)
+            metrics.update({f"zz-grad/{name}/{stat}": row[j] for j, stat in enumerate(STATS)})
+            metrics[f"zz-weight/{name}/norm"] = row[len(STATS)]
+            metrics[f"zz-update_ratio/{name}"] = row[len(STATS) + 1]
+        metrics["zz-grad/num_vanishing_layers"] = float(vanishing)
+        metrics["zz-grad/num_exploding_layers"] = float(exploding)
         self.last_logged = metrics
         log_scalars(trainer, metrics, step)
 
@@ -196,7 +196,7 @@ class GradientStats(Callback):
         for name, params in layers:
             size = sum(p.numel() for p in params)
             if self._selected(name):
-                writer.add_histogram(f"grad_hist/{name}", flat[offset : offset + size], step)
+                writer.add_histogram(f"zz-grad_hist/{name}", flat[offset : offset + size], step)
             offset += size
 
 

@@ -35,8 +35,8 @@ class HParamsSummary(Callback):
     """Write the model's and data module's hyperparameters with the final metrics to TensorBoard's HPARAMS tab.
 
     At the end of ``fit`` (rank zero), the final value of each metric is written as a scalar
-    ``final/<metric>`` at the last step, along with the hyperparameter summary that the HPARAMS tab
-    reads; with a ModelCheckpoint that monitors a metric, ``final/best_<metric>`` too. The metrics'
+    ``zz-final/<metric>`` at the last step, along with the hyperparameter summary that the HPARAMS tab
+    reads; with a ModelCheckpoint that monitors a metric, ``zz-final/best_<metric>`` too. The metrics'
     own curves are left untouched (Lightning's ``log_hyperparams`` would add a point at step 0).
 
     Args:
@@ -54,7 +54,7 @@ class HParamsSummary(Callback):
             raise ValueError(f"`metrics` must be a list of metric names, got {metrics!r}.")
         self.metrics = list(metrics) if metrics is not None else None
         self.logged: dict[str, float] = {}
-        """The final metrics written (``final/...`` names)."""
+        """The final metrics written (``zz-final/...`` names)."""
         self._enabled = True
 
     @override
@@ -83,10 +83,10 @@ class HParamsSummary(Callback):
     def _final_metrics(self, trainer: Trainer) -> dict[str, float]:
         available = {k: v for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
         names = self.metrics if self.metrics is not None else sorted(available)
-        metrics = {f"final/{name}": float(available[name]) for name in names if name in available}
+        metrics = {f"zz-final/{name}": float(available[name]) for name in names if name in available}
         checkpoint = trainer.checkpoint_callback
         score = getattr(checkpoint, "best_model_score", None)
         monitor = getattr(checkpoint, "monitor", None)
         if score is not None and monitor:
-            metrics[f"final/best_{monitor}"] = float(score)
+            metrics[f"zz-final/best_{monitor}"] = float(score)
         return {k: v for k, v in metrics.items() if math.isfinite(v)}

@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.data.folder import load_rgb
-from lit_finetune.data.masks import default_palette, palette_image
+from lit_finetune.images.read import load_rgb
+from lit_finetune.images.palette import default_palette, palette_image
 
 
 class SegmentationMaskWriter(BasePredictionWriter):
@@ -35,7 +35,7 @@ class SegmentationMaskWriter(BasePredictionWriter):
 
     Args:
         output_dir: the folder of the masks; None: ``masks/`` in the trainer's log folder (with the CLI's
-            ``predict --ckpt_path ...``, the checkpoint's run folder: ``<run>/predict/masks/``).
+            ``predict --ckpt_path best``: ``<run>/predict/best/masks/``).
         overlay: also write the images with their predicted masks blended in.
         alpha: opacity of the mask colours in overlays.
         palette: one RGB colour per class; None: the module's ``palette`` (kept in its checkpoint), else the data

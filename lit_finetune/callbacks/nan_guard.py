@@ -92,7 +92,7 @@ class NanGuard(Callback):
        fresh tensors: ``.grad`` is not touched) to name the backward function that failed. Buffers
        (BatchNorm statistics) and training flags are restored and every hook is removed, also on error;
     3. drops the step's gradients so the optimizer does not apply them, writes ``nan_report_step<N>.txt``
-       (and the text ``nan_guard/report`` to TensorBoard), and stops training (``action="stop"``) or
+       (and the text ``zz-nan_guard/report`` to TensorBoard), and stops training (``action="stop"``) or
        goes on with the next batch (``action="skip"``).
 
     The replay calls ``forward``, ``prepare_target`` and ``compute_loss`` of a ``FinetuneClassifier``; for
@@ -216,7 +216,7 @@ class NanGuard(Callback):
         log.error(self.report)
         writer = tensorboard_writer(trainer)
         if writer is not None:
-            writer.add_text("nan_guard/report", "    " + self.report.replace("\n", "\n    "), step)
+            writer.add_text("zz-nan_guard/report", "    " + self.report.replace("\n", "\n    "), step)
         if self.action == "stop":
             trainer.should_stop = True
 

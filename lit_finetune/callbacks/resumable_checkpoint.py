@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -26,6 +27,9 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     ``--ckpt_path runs/.../checkpoints/best.ckpt`` needs no file name with a metric in it. All arguments
     are those of ``ModelCheckpoint``.
 
+    With ``fast_dev_run`` nothing is written. In ``validate``/``test``/``predict`` its state in the checkpoint is
+    not restored (nothing is saved there), so Lightning's "dirpath has changed" warning is not shown.
+
     A ``monitor`` that the module does not log is an error that lists the logged metrics, raised at the end of
     the sanity-check validation when the monitor is a metric of that stage (``val/...``), otherwise at the
     first save, instead of Lightning's traceback after the first epoch.
@@ -41,6 +45,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     _last_saved_step: int = -1
     _best_linked_from: str = ""
     _monitor_seen: bool = False
+    _stage: str = "fit"
     BEST_NAME = "best"
 
     def _check_monitor(self, trainer: Trainer, logged: dict[str, Tensor], final: bool) -> None:
@@ -54,6 +59,20 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         stage = self.monitor.rpartition("/")[0]
         if final or (stage and any(key.startswith(stage + "/") for key in logged)):
             raise MonitorNotLoggedError(self.monitor, sorted(logged))
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._stage = stage
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # validate/test/predict from a checkpoint save nothing: the folder the training run saved into does not
+        # matter, and Lightning's warning that it "has changed" (it always has: the logs go elsewhere) is noise.
+        if self._stage != "fit":
+            self.best_model_path = state_dict.get("best_model_path", self.best_model_path)
+            return
+        super().load_state_dict(state_dict)
 
     def _update_best_link(self, trainer: Trainer) -> None:
         source = self.best_model_path
@@ -92,6 +111,14 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if self.best_model_path != self._best_linked_from:  # e.g. resumed from a run without best.ckpt
             self._update_best_link(trainer)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning's hook writes `last.ckpt` at the end of any run, also with `fast_dev_run` (whose logger is a
+        # dummy, so the file lands in `<working folder>/checkpoints/`); a smoke test writes no checkpoint.
+        if trainer.fast_dev_run:
+            return
+        super().on_train_end(trainer, pl_module)
 
     @override
     def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:

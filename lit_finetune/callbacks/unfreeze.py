@@ -237,7 +237,7 @@ class UnfreezeSchedule(BaseFinetuning):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.finetune_function(pl_module, trainer.current_epoch, trainer.optimizers[0])
         trainable = sum(1 for index in self.unfreeze_epoch if index not in self._frozen)
-        pl_module.log("unfreeze/trainable_stages", float(trainable), on_step=False, on_epoch=True, sync_dist=True)
+        pl_module.log("zz-unfreeze/trainable_stages", float(trainable), on_step=False, on_epoch=True, sync_dist=True)
 
     @override
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer) -> None:

@@ -1,6 +1,6 @@
 """``FolderDataModule``: what the data modules share: loader options, DDP evaluation sampling, set-up.
 
-The concrete modules (:class:`~lit_finetune.data.datamodule.ImageFolderDataModule`,
+The concrete modules (:class:`~lit_finetune.data.datamodule.ClassificationDataModule`,
 :class:`~lit_finetune.data.segmentation.SegmentationDataModule`) keep their full typed ``__init__`` (LightningCLI
 reads the options from it) and fill in the hooks below: which samples each split holds, how a dataset is
 built from them, how batches are collated, what is checked once before the datasets are built.
@@ -12,6 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -187,10 +188,30 @@ class FolderDataModule(LightningDataModule, ABC):
         """Validation, test or predict batches in order, each sample on one process under DDP."""
         return self._loader(dataset, self._eval_batch_size(), shuffle=False, sampler=self._eval_sampler(dataset), collate_fn=self._collate(train=False))
 
+    # The training sampler's state (a balanced sampler's epoch count) travels in checkpoints through the data
+    # module's state: Lightning saves the states of stateful dataloaders only, and a plain DataLoader is not one.
+    _sampler: Sampler | None = None
+    _sampler_state: dict[str, Any] | None = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's state when it has one (``BalancedSampler``: its seed and epoch count)."""
+        state = getattr(self._sampler, "state_dict", None)
+        return {"train_sampler": state()} if callable(state) else {}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the training sampler's state for the next :meth:`train_dataloader` (called after a checkpoint is loaded)."""
+        self._sampler_state = state_dict.get("train_sampler")
+
     @override
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches, or those of the subclass's training sampler."""
+        """Shuffled training batches, or those of the subclass's training sampler (resumed from a checkpoint's state)."""
         sampler = self._train_sampler()
+        if sampler is not None and self._sampler_state is not None and callable(getattr(sampler, "load_state_dict", None)):
+            sampler.load_state_dict(self._sampler_state)  # type: ignore[attr-defined]
+            self._sampler_state = None
+        self._sampler = sampler
         return self._loader(self.train_set, self.batch_size, shuffle=sampler is None, sampler=sampler, collate_fn=self._collate(train=True))
 
     @override

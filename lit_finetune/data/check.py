@@ -4,7 +4,7 @@ Every file with an image extension is opened and decoded the way training reads 
 scale, which still reads the whole file), in a thread pool. Zero-byte files, truncated or corrupt JPEG
 and PNG data, and other files with image extensions are reported with the reason; grayscale, 16-bit,
 palette, RGBA, CMYK and EXIF-rotated images are fine (they are converted to RGB when read).
-``ImageFolderDataModule`` runs the same scan at set-up and then skips the bad files or stops the run
+``ClassificationDataModule`` runs the same scan at set-up and then skips the bad files or stops the run
 (``data.bad_images``). The helpers shared with the mask checks of :mod:`lit_finetune.data.masks` (thread pool,
 one scan for all DDP processes, reports that count and list) live here too.
 """

@@ -18,6 +18,9 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lit_finetune.tasks.classification import task_type
+from lit_finetune.tasks.targets import ClassificationTargets
+
 SPLITS = ("train", "val", "test")
 MAX_LISTED = 20
 
@@ -115,14 +118,14 @@ def parse_splits(path: Path, rows, split_column: str | None) -> list[str | None]
     return values
 
 
-def check_label_counts(path: Path, parsed: list[CsvRow], task: str) -> None:
-    """Multiclass and binary need exactly one label a row (a 0/1 value for a single binary column)."""
-    if task == "multilabel":
+def check_label_counts(path: Path, parsed: list[CsvRow], task: type[ClassificationTargets]) -> None:
+    """A task of one label a sample (multiclass, binary) needs exactly one label a row."""
+    if not task.single_label:
         return
     bad = [f"line {r.line} ({r.path}): {len(r.classes)} labels" for r in parsed if len(r.classes) != 1]
     if bad:
         raise ValueError(
-            f"task '{task}' needs exactly one label per row, but these rows of '{path}' have none or several:\n{listing(bad)}\n"
+            f"task '{task.name}' needs exactly one label per row, but these rows of '{path}' have none or several:\n{listing(bad)}\n"
             "Set `model.task: multilabel` for images with any number of labels (no label: all negative)."
         )
 
@@ -148,7 +151,7 @@ def read_labels_csv(
     label_separator: str = " ",
     class_columns: list[str] | None = None,
     split_column: str | None = None,
-    task: str = "multiclass",
+    task: str | type[ClassificationTargets] = "multiclass",
 ) -> tuple[list[str], list[CsvRow]]:
     """Read and check a labels CSV; return ``(class_names, rows)``.
 
@@ -162,8 +165,8 @@ def read_labels_csv(
             image and split columns.
         split_column: the column of splits (train/val/test, or a boolean: true/1/yes marks a validation row, as
             fastai's ``is_valid``); None: no split in the file.
-        task: ``multiclass`` and ``binary`` need one label a row (a binary CSV with one class column: its
-            0/1 value); ``multilabel`` allows any number, none meaning all negative.
+        task: the task (its name or class): ``multiclass`` and ``binary`` need one label a row (a binary CSV with one
+            class column: its 0/1 value); ``multilabel`` allows any number, none meaning all negative.
 
     Raises:
         FileNotFoundError: the CSV or any image it names does not exist (all missing images are listed).
@@ -191,30 +194,8 @@ def read_labels_csv(
     splits = parse_splits(path, rows, split_column)
     parsed = [CsvRow(line, row[image_column], c, s) for (line, row), c, s in zip(rows, classes, splits)]
     check_images(root, path, parsed, image_column)
-    one_binary_column = task == "binary" and label_column is None and len(names) == 1
-    if not one_binary_column:
+    task = task_type(task) if isinstance(task, str) else task
+    if not (task.one_class_column and label_column is None and len(names) == 1):
         check_label_counts(path, parsed, task)
-        check_num_classes(path, names, task)
+        task.check_class_names(names, f"'{path}'")
     return names, parsed
-
-
-def check_num_classes(path: Path, names: list[str], task: str) -> None:
-    """Binary needs two classes (or one class column, checked by the caller); multiclass at least two."""
-    if task == "binary" and len(names) != 2:
-        raise ValueError(f"task 'binary' needs two classes or one class column; '{path}' has {len(names)}: {names}. Use multiclass or multilabel.")
-    if task == "multiclass" and len(names) < 2:
-        raise ValueError(f"task 'multiclass' needs at least two classes; '{path}' has {names}.")
-
-
-def make_target(classes: list[int], num_classes: int, task: str) -> int | tuple[float, ...]:
-    """The sample target: a class index (multiclass), a multi-hot tuple (multilabel) or ``(0.0,)``/``(1.0,)`` (binary).
-
-    For binary with two class names the positive class is the second (index 1); with one class column,
-    a 1 in that column.
-    """
-    if task == "multiclass":
-        return classes[0]
-    if task == "binary":
-        positive = 0 if num_classes == 1 else 1
-        return (1.0 if positive in classes else 0.0,)
-    return tuple(1.0 if i in classes else 0.0 for i in range(num_classes))

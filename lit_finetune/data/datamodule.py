@@ -1,10 +1,8 @@
-"""``ImageFolderDataModule``: a user's class folders, ready for training."""
+"""``ClassificationDataModule``: a user's labelled images (class folders, a labels CSV or a demo), ready for training."""
 
 from __future__ import annotations
 
 import logging
-import random
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -14,52 +12,33 @@ from torch import nn
 from torch.utils.data import Sampler
 from typing_extensions import override
 
+from lit_finetune.data import transforms as tfm
+
 # MAX_AUTO_WORKERS and auto_num_workers stay importable from here.
 from lit_finetune.data.base import MAX_AUTO_WORKERS, FolderDataModule, auto_num_workers, check_val_fraction  # noqa: F401
 from lit_finetune.data.check import find_bad_images_once, format_report
-from lit_finetune.data.csv_labels import make_target, read_labels_csv
-from lit_finetune.data.demo import write_digit_pairs, write_digits
-from lit_finetune.data.folder import ImageDataset, binary_targets, scan_image_folder
-from lit_finetune.data import transforms as tfm
+from lit_finetune.data.class_folders import ClassFolderSource
+from lit_finetune.data.csv_source import LabelsCsvSource
+from lit_finetune.data.demo_source import DEMOS, DemoSource
+from lit_finetune.data.folder import ImageDataset
+from lit_finetune.data.labelled import LabelledSource, subset
 from lit_finetune.data.mixing import BatchMixer, MixingCollate
 from lit_finetune.data.sampling import BalancedSampler, balanced_weights, describe_balance, expected_draws
-from lit_finetune.data.transforms import Augment, Preprocessing, default_preprocessing
+from lit_finetune.data.transforms import Augment
+from lit_finetune.models.preprocessing import configured_preprocessing
+from lit_finetune.tasks.classification import task_type
 
 log = logging.getLogger(__name__)
 
 
-def stratified_subset(samples: list, fraction: float, seed: int) -> list:
-    """``fraction`` of each class's samples (at least one a class), chosen with a fixed ``seed``; sorted."""
-    by_class: dict = defaultdict(list)
-    for sample in samples:
-        by_class[sample[1]].append(sample)
-    rng = random.Random(seed)
-    kept = []
-    for target in sorted(by_class):
-        items = sorted(by_class[target])
-        rng.shuffle(items)
-        kept.extend(items[: max(1, round(len(items) * fraction))])
-    return sorted(kept)
+class ClassificationDataModule(FolderDataModule):
+    """Labelled images on disk as train/val/test/predict dataloaders of dict samples (formerly ``ImageFolderDataModule``,
+    a name that still works).
 
-
-def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Split samples per class so each class keeps ``val_fraction`` of its images for validation."""
-    by_class: dict[int, list[tuple[str, int]]] = defaultdict(list)
-    for sample in samples:
-        by_class[sample[1]].append(sample)
-    rng = random.Random(seed)
-    train, val = [], []
-    for target in sorted(by_class):
-        items = by_class[target]
-        rng.shuffle(items)
-        n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
-        val.extend(items[:n_val])
-        train.extend(items[n_val:])
-    return sorted(train), sorted(val)
-
-
-class ImageFolderDataModule(FolderDataModule):
-    """Class folders on disk as train/val/test/predict dataloaders of dict samples.
+    The images and labels come from a source: class folders (:class:`~lit_finetune.data.class_folders.ClassFolderSource`),
+    a labels CSV (:class:`~lit_finetune.data.csv_source.LabelsCsvSource`) or a demo
+    (:class:`~lit_finetune.data.demo_source.DemoSource`); targets are encoded, counted, stratified, balanced and
+    mixed as the task class says (:mod:`lit_finetune.tasks.targets`).
 
     ``root`` holds either ``train/`` and ``val/`` (and optionally ``test/``) folders of class folders,
     or the class folders directly, in which case ``val_fraction`` of each class is held out with a
@@ -140,10 +119,10 @@ class ImageFolderDataModule(FolderDataModule):
 
     Example::
 
-        dm = ImageFolderDataModule("data/hymenoptera_data", batch_size=16, weights="DEFAULT", backbone="resnet18")
+        dm = ClassificationDataModule("data/hymenoptera_data", batch_size=16, weights="DEFAULT", backbone="resnet18")
         dm.class_names  # ['ants', 'bees']
         # A small-data recipe: stronger augmentation, mixed batches, balanced classes.
-        dm = ImageFolderDataModule("data/x", augment="trivialaugment", random_erasing=0.25, mixup_alpha=0.2,
+        dm = ClassificationDataModule("data/x", augment="trivialaugment", random_erasing=0.25, mixup_alpha=0.2,
                                    cutmix_alpha=1.0, sampler="balanced", num_workers="auto")
     """
 
@@ -195,29 +174,20 @@ class ImageFolderDataModule(FolderDataModule):
         if not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"`train_fraction` must be in (0, 1], got {train_fraction}.")
         check_val_fraction(val_fraction)
-        if demo not in (None, "digits", "digit_pairs"):
+        if demo is not None and demo not in DEMOS:
             raise ValueError(f"Unknown demo data set '{demo}'; the ones available are 'digits' and 'digit_pairs'.")
-        if task not in ("multiclass", "multilabel", "binary"):
-            raise ValueError(f"Unknown task '{task}'; choose multiclass, multilabel or binary.")
+        self.task_type = task_type(task)
         if bad_images not in ("skip", "error"):
             raise ValueError(f"`bad_images` must be 'skip' or 'error', got {bad_images!r}.")
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
-        if demo == "digits":
-            write_digits(self.root)
-        if demo == "digit_pairs":
-            write_digit_pairs(self.root)
-            labels_csv = labels_csv or str(self.root / "labels.csv")
-            split_column = split_column or "split"
         self.task = task
-        self.labels_csv = Path(labels_csv) if labels_csv else None
-        self.split_column = split_column
         self._set_loader_options(batch_size, num_workers, pin_memory, persistent_workers, predict_root)
-        self.class_names, self.train_samples, self.val_samples, self.test_samples = self._scan_samples(val_fraction, split_seed)
-        self.preprocessing = self._preprocessing(backbone, weights, image_size, resize_size, mean, std)
+        self._read_samples(self._source(demo, labels_csv, val_fraction, split_seed), split_seed)
+        self.preprocessing = configured_preprocessing(backbone, weights, image_size, resize_size, mean, std)
         self.eval_transform = eval_transform or tfm.eval_transform(self.preprocessing)
         self.train_transform = self._train_transform(train_transform)
-        self.mixer = BatchMixer(mixup_alpha, cutmix_alpha, self.num_classes, task) if mixup_alpha or cutmix_alpha else None
+        self.mixer = BatchMixer(mixup_alpha, cutmix_alpha, self.num_classes, self.task_type) if mixup_alpha or cutmix_alpha else None
         if sampler == "balanced":
             self._describe_balance()
 
@@ -225,46 +195,38 @@ class ImageFolderDataModule(FolderDataModule):
     def class_counts(self) -> list[int]:
         """Training images per class in ``class_names`` order (multiclass), positives per class (multilabel),
         or ``[negatives, positives]`` (binary, also with a single class column)."""
-        targets = [target for _, target in self.train_samples]
-        if self.task == "multiclass":
-            return [targets.count(i) for i in range(self.num_classes)]
-        positives = [round(sum(column)) for column in zip(*targets)]
-        if self.task == "binary":
-            return [len(targets) - positives[0], positives[0]]
-        return positives
+        return self.task_type.class_counts([target for _, target in self.train_samples], self.num_classes)
 
     @property
     def num_train_samples(self) -> int:
         """Number of training images (the total that multilabel ``class_counts`` are positives out of)."""
         return len(self.train_samples)
 
-    def _scan_samples(self, val_fraction: float, seed: int):
-        """Class names and train/val/test samples from the CSV or the folders, with targets for ``task``."""
-        if self.labels_csv is not None:
-            scanned = self._scan_csv(val_fraction, seed)
-        else:
-            scanned = self._scan_folders_for_task(val_fraction, seed)
-        scanned = (scanned[0], self._train_subset(scanned[1], seed), *scanned[2:])
-        self.class_names, self.train_samples = scanned[0], scanned[1]
+    def _source(self, demo: str | None, labels_csv: str | None, val_fraction: float, seed: int) -> LabelledSource:
+        """Where the labelled images come from: a demo (written first), a labels CSV, or class folders."""
+        h = self.hparams
+        csv = {"image_column": h.image_column, "label_column": h.label_column, "label_separator": h.label_separator, "class_columns": h.class_columns}
+        csv.update(path=labels_csv, split_column=h.split_column)
+        if demo is not None:
+            return DemoSource(demo, self.root, val_fraction, seed, csv_options=csv)
+        if labels_csv is not None:
+            return LabelsCsvSource(root=self.root, val_fraction=val_fraction, split_seed=seed, **csv)
+        return ClassFolderSource(self.root, val_fraction, seed)
+
+    def _read_samples(self, source: LabelledSource, seed: int) -> None:
+        """Class names and train/val/test samples of ``source`` (training: ``train_fraction`` of them), with targets for ``task``."""
+        splits = source.read(self.task_type)
+        self._check_predict_root()
+        fraction = self.hparams.train_fraction
+        self.class_names, self.val_samples, self.test_samples = splits.class_names, splits.val, splits.test
+        self.train_samples = subset(splits.train, fraction, seed, stratified=self.task_type.single_label) if fraction < 1 else splits.train
         counts = ", ".join(f"{name}={count}" for name, count in zip(self._count_names(), self.class_counts))
-        share = f" ({self.hparams.train_fraction:g} of them, `train_fraction`)" if self.hparams.train_fraction < 1 else ""
+        share = f" ({fraction:g} of them, `train_fraction`)" if fraction < 1 else ""
         rank_zero_info(f"{self.root}: {len(self.train_samples)} training images{share}; per class: {counts}")
-        return scanned
 
     def _count_names(self) -> list[str]:
         """Names of the entries of ``class_counts``."""
-        return ["negative", "positive"] if self.task == "binary" else self.class_names
-
-    def _train_subset(self, samples: list, seed: int) -> list:
-        """``train_fraction`` of the training samples: stratified per class (multiclass, binary), else a seeded share."""
-        fraction = self.hparams.train_fraction
-        if fraction >= 1.0:
-            return samples
-        if self.task != "multilabel":
-            return stratified_subset(samples, fraction, seed)
-        items = sorted(samples)
-        random.Random(seed).shuffle(items)
-        return sorted(items[: max(1, round(len(items) * fraction))])
+        return self.task_type.count_names(self.class_names)
 
     def _train_transform(self, custom: nn.Module | None) -> nn.Module:
         """The training pipeline: ``train_transform`` if given, the evaluation one without ``train_augment``, else the preset."""
@@ -288,85 +250,9 @@ class ImageFolderDataModule(FolderDataModule):
     def _describe_balance(self) -> None:
         """Print, on rank zero, the class counts and what a balanced epoch draws of each class."""
         targets = [target for _, target in self.train_samples]
-        weights = balanced_weights(targets, self.task)
-        draws = expected_draws(targets, self.task, weights, self.num_classes)
+        weights = balanced_weights(targets, self.task_type)
+        draws = expected_draws(targets, self.task_type, weights, self.num_classes)
         rank_zero_info(describe_balance(self._count_names(), self.class_counts, draws))
-
-    def _scan_folders_for_task(self, val_fraction: float, seed: int):
-        if self.task == "multilabel":
-            raise ValueError("task 'multilabel' needs labels that class folders cannot give: set `data.labels_csv` to a CSV of images and their labels.")
-        classes, train, val, test = self._scan(val_fraction, seed)
-        if self.task == "binary":
-            if len(classes) != 2:
-                raise ValueError(f"task 'binary' needs two class folders, found {len(classes)}: {classes}. Use task 'multiclass'.")
-            train, val, test = binary_targets(train), binary_targets(val), binary_targets(test)
-        return classes, train, val, test
-
-    def _scan_csv(self, val_fraction: float, seed: int):
-        h = self.hparams
-        names, rows = read_labels_csv(
-            self.labels_csv, self.root, h.image_column, h.label_column, h.label_separator, h.class_columns, self.split_column, self.task
-        )
-        splits: dict[str | None, list] = {"train": [], "val": [], "test": [], None: []}
-        for row in rows:
-            splits[row.split].append((str(self.root / row.path), make_target(row.classes, len(names), self.task)))
-        if splits[None]:
-            splits["train"], splits["val"] = self._split_csv(splits[None], val_fraction, seed)
-        for split in ("train", "val"):
-            if not splits[split]:
-                raise ValueError(f"No {split} rows in '{self.labels_csv}': column '{self.split_column}' must name some rows '{split}'.")
-        self._check_predict_root()
-        log.info("%s: %d classes, %d train / %d val / %d test images", self.labels_csv, len(names), len(splits["train"]), len(splits["val"]), len(splits["test"]))
-        return names, splits["train"], splits["val"], splits["test"]
-
-    def _split_csv(self, samples: list, val_fraction: float, seed: int) -> tuple[list, list]:
-        """Stratified for one label a row; a seeded shuffle for multilabel rows."""
-        if self.task != "multilabel":
-            train, val = stratified_split(samples, val_fraction, seed)
-        else:
-            items = sorted(samples)
-            random.Random(seed).shuffle(items)
-            n_val = max(1, round(len(items) * val_fraction))
-            train, val = sorted(items[n_val:]), sorted(items[:n_val])
-        if not val or not train:
-            raise ValueError(f"Too few rows in '{self.labels_csv}' to hold out a validation set: add rows or a split column.")
-        return train, val
-
-    def _scan(self, val_fraction: float, seed: int):
-        train_dir, val_dir, test_dir = self.root / "train", self.root / "val", self.root / "test"
-        if train_dir.is_dir():
-            classes, train = scan_image_folder(train_dir)
-            if not val_dir.is_dir():
-                raise FileNotFoundError(f"'{self.root}' has train/ but no val/ folder. Add val/<class>/<images>, or put the class folders directly in root to split by `val_fraction`.")
-            _, val = scan_image_folder(val_dir, classes)
-        else:
-            classes, samples = self._scan_class_folders()
-            if val_dir.is_dir():
-                train, val = samples, scan_image_folder(val_dir, classes)[1]
-            else:
-                train, val = stratified_split(samples, val_fraction, seed)
-            if not val:
-                raise ValueError(f"Too few images under '{self.root}' to hold out a validation set: add at least two images per class.")
-        test = scan_image_folder(test_dir, classes)[1] if test_dir.is_dir() else []
-        self._check_predict_root()
-        log.info("%s: %d classes, %d train / %d val / %d test images", self.root, len(classes), len(train), len(val), len(test))
-        return classes, train, val, test
-
-    def _scan_class_folders(self) -> tuple[list[str], list[tuple[str, int]]]:
-        """Class folders directly under ``root``; ``test/`` and ``val/`` are splits there, not classes."""
-        found, samples = scan_image_folder(self.root)
-        classes = [name for name in found if name not in ("test", "val")]
-        if not classes:
-            raise ValueError(f"'{self.root}' has no class folders besides {sorted(set(found))}: put the images in {self.root}/<class name>/<image>.")
-        index = {found.index(name): i for i, name in enumerate(classes)}
-        return classes, [(path, index[target]) for path, target in samples if target in index]
-
-    @staticmethod
-    def _preprocessing(backbone, weights, image_size, resize_size, mean, std) -> Preprocessing:
-        pre = default_preprocessing(backbone, weights)
-        crop = image_size or pre.crop_size
-        resize = resize_size or (round(crop * pre.resize_size / pre.crop_size) if image_size else pre.resize_size)
-        return Preprocessing(resize, crop, tuple(mean or pre.mean), tuple(std or pre.std), pre.interpolation)
 
     def _drop_bad_images(self) -> None:
         """Scan all samples once; skip the unreadable ones or raise, as ``bad_images`` says."""
@@ -415,4 +301,8 @@ class ImageFolderDataModule(FolderDataModule):
         """The balanced sampler over the training set (after unreadable files were dropped), or None: shuffle."""
         if self.hparams.sampler != "balanced":
             return None
-        return BalancedSampler(balanced_weights(self.train_set.targets, self.task))
+        return BalancedSampler(balanced_weights(self.train_set.targets, self.task_type))
+
+
+ImageFolderDataModule = ClassificationDataModule
+"""The former name of :class:`ClassificationDataModule`, kept for configs and imports that use it."""

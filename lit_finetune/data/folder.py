@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from lit_finetune import keys
+from lit_finetune.images.read import load_rgb, to_rgb  # noqa: F401 (importable from here too)
+from lit_finetune.tasks.targets import Target
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -72,52 +73,8 @@ def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple
     return list(classes), samples
 
 
-SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-
-
 class BadImageError(RuntimeError):
     """Raised when an image file cannot be read or decoded."""
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: grayscale, 16-bit grayscale (scaled, not clipped), palette,
-    RGBA/LA (alpha dropped), CMYK, YCbCr."""
-    if img.mode in SIXTEEN_BIT_MODES:
-        pixels = np.asarray(img, dtype=np.float32)
-        scale = 257.0 if img.mode != "I" or pixels.max() > 255 else 1.0
-        img = Image.fromarray((pixels / scale).round().clip(0, 255).astype(np.uint8), mode="L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # the documented route for palettes with transparency
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def load_rgb(path: str, max_side: int | None = None) -> Image.Image:
-    """Open an image as 8-bit RGB with its EXIF orientation applied (see :func:`to_rgb` for the modes handled).
-
-    Args:
-        path: the image file.
-        max_side: decode JPEGs at a reduced scale (at least this many pixels a side): a fast full read of
-            the file that still finds truncated or corrupt data. Used by the bad-image scan.
-    """
-    with Image.open(path) as img:
-        if max_side is not None and img.format == "JPEG":
-            img.draft("RGB", (max_side, max_side))
-        img.load()
-        try:
-            img = ImageOps.exif_transpose(img)
-        except Exception:  # a malformed EXIF block: keep the pixels as stored
-            pass
-        return to_rgb(img)
-
-
-Target = int | tuple[float, ...]
-"""A sample's target as stored: a class index (multiclass), or floats (multi-hot for multilabel, ``(0.0,)`` /
-``(1.0,)`` for binary) that the dataset returns as a float tensor."""
-
-
-def binary_targets(samples: Sequence[tuple[str, int]]) -> list[tuple[str, Target]]:
-    """Folder samples of two classes as binary samples: class index 1 is the positive class."""
-    return [(path, (float(target),)) for path, target in samples]
 
 
 class ImageDataset(Dataset):

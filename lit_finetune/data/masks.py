@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from lit_finetune.data.check import format_problems, map_in_threads  # noqa: F401 (format_problems: importable from here too)
+from lit_finetune.images.palette import default_palette, palette_image, read_palette  # noqa: F401 (importable from here too)
 
 INDEX_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 """PIL modes read as class indices."""
@@ -54,32 +55,6 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad files
         raise MaskFormatError(f"mask '{path}' cannot be read: {type(err).__name__}: {err}") from err
-
-
-def read_palette(path: str | Path, num_colors: int) -> list[tuple[int, int, int]] | None:
-    """The first ``num_colors`` RGB colours of a palette PNG, or None when the file has no palette."""
-    with Image.open(path) as img:
-        if img.mode != "P" or img.getpalette() is None:
-            return None
-        flat = img.getpalette()[: 3 * num_colors]
-    colors = [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
-    return colors + default_palette(num_colors)[len(colors) :]
-
-
-def default_palette(num_colors: int) -> list[tuple[int, int, int]]:
-    """Pascal VOC's colour map: black for class 0, then well separated colours (the bits of the index spread
-    over the high bits of R, G and B). Written here because torchvision does not ship it."""
-    colors = []
-    for index in range(num_colors):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        colors.append((r, g, b))
-    return colors
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -166,23 +141,3 @@ def mask_problems(infos: Sequence[MaskInfo], allowed: set[int]) -> list[str]:
         if bad:
             problems.append(f"{info.mask}: values {bad[:10]}{' ...' if len(bad) > 10 else ''}")
     return problems
-
-
-def palette_image(mask: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> Image.Image:
-    """A mode ``P`` PNG-ready image of an ``(H, W)`` class-index mask coloured by ``palette``.
-
-    Indices without a colour are black, except 255 (the usual ``ignore_index``), which is white.
-
-    Raises:
-        ValueError: a value is outside 0-255 (a palette image has 256 entries).
-    """
-    values = np.asarray(mask)
-    if values.size and (values.min() < 0 or values.max() > 255):
-        raise ValueError(f"A palette PNG holds class indices 0-255; this mask holds {int(values.min())}..{int(values.max())}.")
-    flat = [0, 0, 0] * 256
-    for i, color in enumerate(palette[:255]):
-        flat[3 * i : 3 * i + 3] = [int(v) for v in color]
-    flat[3 * 255 :] = [255, 255, 255]
-    image = Image.fromarray(values.astype(np.uint8), mode="P")
-    image.putpalette(flat)
-    return image

@@ -21,14 +21,14 @@ weighted by ``lam``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
 from lit_finetune import keys
-
-TaskName = Literal["multiclass", "multilabel", "binary"]
+from lit_finetune.tasks.classification import task_type
+from lit_finetune.tasks.targets import ClassificationTargets
 
 
 class BatchMixer:
@@ -41,7 +41,8 @@ class BatchMixer:
         mixup_alpha: ``alpha`` of the Beta distribution of MixUp's ``lam``; 0: no MixUp.
         cutmix_alpha: ``alpha`` of CutMix's ``lam`` (then corrected to the pasted box's area); 0: no CutMix.
         num_classes: classes of a multiclass task (the width of its one-hot targets).
-        task: ``"multiclass"``, ``"multilabel"`` or ``"binary"`` (see the module docstring for the targets).
+        task: ``"multiclass"``, ``"multilabel"`` or ``"binary"``, or the task class (see the module docstring for
+            the targets; the task's ``mix_num_classes`` and ``mix_target`` shape them).
 
     Raises:
         ValueError: a negative alpha, both alphas 0, an unknown task, or fewer than 2 classes for multiclass.
@@ -53,18 +54,16 @@ class BatchMixer:
         batch["target"].shape, batch["mixed"]  # (8, 10), True
     """
 
-    def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, num_classes: int = 2, task: TaskName = "multiclass") -> None:
+    def __init__(
+        self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, num_classes: int = 2, task: str | type[ClassificationTargets] = "multiclass"
+    ) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ValueError(f"`mixup_alpha` and `cutmix_alpha` must be >= 0, got {mixup_alpha} and {cutmix_alpha}.")
         if mixup_alpha == 0 and cutmix_alpha == 0:
             raise ValueError("BatchMixer needs `mixup_alpha` > 0 or `cutmix_alpha` > 0 (0 turns a method off).")
-        if task not in ("multiclass", "multilabel", "binary"):
-            raise ValueError(f"Unknown task '{task}'; choose multiclass, multilabel or binary.")
-        if task == "multiclass" and num_classes < 2:
-            raise ValueError(f"Mixing multiclass targets needs num_classes >= 2, got {num_classes}.")
-        self.task = task
-        # Multilabel and binary targets are float (N, C) already: torchvision mixes them as given.
-        width = num_classes if task == "multiclass" else None
+        self.task = task_type(task) if isinstance(task, str) else task
+        # None for multilabel and binary: their float (N, C) targets are mixed as given.
+        width = self.task.mix_num_classes(num_classes)
         methods: list[v2.Transform] = []
         if mixup_alpha > 0:
             methods.append(v2.MixUp(alpha=mixup_alpha, num_classes=width))
@@ -73,10 +72,7 @@ class BatchMixer:
         self.mix = methods[0] if len(methods) == 1 else v2.RandomChoice(methods)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        target = batch[keys.TARGET]
-        if self.task != "multiclass":
-            target = target.float().reshape(len(target), -1)
-        image, target = self.mix(batch[keys.IMAGE], target)
+        image, target = self.mix(batch[keys.IMAGE], self.task.mix_target(batch[keys.TARGET]))
         return {**batch, keys.IMAGE: image, keys.TARGET: target, keys.MIXED: True}
 
 

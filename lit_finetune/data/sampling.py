@@ -10,37 +10,41 @@ each with probability proportional to its weight:
 
 Under DDP Lightning wraps the sampler in its ``DistributedSamplerWrapper``, which gives each process
 its share of the sampler's draws: an epoch still holds as many samples in all. :class:`BalancedSampler`
-draws from a generator seeded with ``seed + epoch`` (Lightning calls ``set_epoch``), so every process
-draws the same list and the processes' shares never overlap by construction of the wrapper.
+draws from a generator seeded with ``seed + epoch`` (the run's ``seed_everything`` seed by default; Lightning
+calls ``set_epoch``), so every process draws the same list and the processes' shares never overlap by
+construction of the wrapper. Its epoch count is kept in checkpoints (through the data module's
+``state_dict``), so a resumed run draws the epochs it has not drawn yet.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import WeightedRandomSampler
 
-Target = int | tuple[float, ...]
+from lit_finetune.tasks.classification import task_type
+from lit_finetune.tasks.targets import ClassificationTargets, Target
+
+TaskSpec = str | type[ClassificationTargets]
+"""A classification task by name (``"multiclass"``) or class (``MulticlassTask``)."""
 
 
-def _label_sets(targets: Sequence[Target], task: str) -> list[tuple[int, ...]]:
-    """Each sample's groups: its class (multiclass, binary) or its positive labels (multilabel; () for none)."""
-    if task == "multiclass":
-        return [(int(t),) for t in targets]
-    if task == "binary":
-        return [(int(round(t[0])),) for t in targets]
-    return [tuple(i for i, v in enumerate(t) if v > 0.5) for t in targets]
+def _task(task: TaskSpec) -> type[ClassificationTargets]:
+    return task_type(task) if isinstance(task, str) else task
 
 
-def balanced_weights(targets: Sequence[Target], task: str) -> Tensor:
+def balanced_weights(targets: Sequence[Target], task: TaskSpec) -> Tensor:
     """Per-sample weights of balanced sampling (see the module docstring for the rule per task).
 
     Args:
         targets: the training targets as stored: class indices (multiclass), ``(0.0,)``/``(1.0,)`` (binary)
             or multi-hot tuples (multilabel).
-        task: ``"multiclass"``, ``"multilabel"`` or ``"binary"``.
+        task: ``"multiclass"``, ``"multilabel"`` or ``"binary"``, or the task class; its ``label_groups`` are the
+            groups a target counts in.
 
     Raises:
         ValueError: no targets or an unknown task.
@@ -49,11 +53,10 @@ def balanced_weights(targets: Sequence[Target], task: str) -> Tensor:
 
         balanced_weights([0, 0, 0, 1], "multiclass")  # tensor([0.3333, 0.3333, 0.3333, 1.0000])
     """
-    if task not in ("multiclass", "multilabel", "binary"):
-        raise ValueError(f"Unknown task '{task}'; choose multiclass, multilabel or binary.")
+    task = _task(task)
     if not targets:
         raise ValueError("Balanced sampling needs training samples; the training set is empty.")
-    groups = _label_sets(targets, task)
+    groups = [task.label_groups(t) for t in targets]
     counts: dict[int | None, int] = {}
     for labels in groups:
         for label in labels or (None,):
@@ -61,17 +64,16 @@ def balanced_weights(targets: Sequence[Target], task: str) -> Tensor:
     return torch.tensor([max(1.0 / counts[label] for label in labels or (None,)) for labels in groups], dtype=torch.float64)
 
 
-def expected_draws(targets: Sequence[Target], task: str, weights: Tensor, num_classes: int) -> list[float]:
+def expected_draws(targets: Sequence[Target], task: TaskSpec, weights: Tensor, num_classes: int) -> list[float]:
     """Expected images of each class (multilabel: with each label) in one epoch of ``len(targets)`` weighted draws.
 
     Binary: ``[negatives, positives]``.
     """
-    groups = _label_sets(targets, task)
+    task = _task(task)
     share = weights / weights.sum() * len(targets)
-    width = 2 if task == "binary" else num_classes
-    draws = [0.0] * width
-    for labels, s in zip(groups, share.tolist()):
-        for label in labels:
+    draws = [0.0] * task.count_width(num_classes)
+    for target, s in zip(targets, share.tolist()):
+        for label in task.label_groups(target):
             draws[label] += s
     return draws
 
@@ -86,13 +88,15 @@ class BalancedSampler(WeightedRandomSampler):
     """``WeightedRandomSampler`` with replacement whose draws depend only on ``seed`` and the epoch.
 
     Every process of a DDP run draws the same indices, and Lightning's ``DistributedSamplerWrapper``
-    gives each one its share. Lightning calls ``set_epoch`` before each epoch; without it, each pass
-    over the sampler moves to the next epoch's draws.
+    gives each one its share. Lightning calls ``set_epoch`` before each epoch; without it (under DDP the
+    wrapper does not pass it on), each pass over the sampler moves to the next epoch's draws.
+    ``state_dict``/``load_state_dict`` keep the seed and the epoch count across a resume.
 
     Args:
         weights: per-sample weights (:func:`balanced_weights`).
         num_samples: draws per epoch; None: as many as there are weights.
-        seed: base seed of the draws; None: ``torch.initial_seed()`` (the run's seed under ``seed_everything``).
+        seed: base seed of the draws; None: the run's seed (``seed_everything``, which sets ``PL_GLOBAL_SEED``),
+            or 0 without one, so that all processes agree.
 
     Example::
 
@@ -103,12 +107,20 @@ class BalancedSampler(WeightedRandomSampler):
     def __init__(self, weights: Tensor | Sequence[float], num_samples: int | None = None, seed: int | None = None) -> None:
         weights = torch.as_tensor(weights, dtype=torch.float64)
         super().__init__(weights, num_samples if num_samples is not None else len(weights), replacement=True)
-        self.seed = torch.initial_seed() if seed is None else int(seed)
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else int(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the samples of ``epoch`` next."""
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The seed and the epoch whose draws come next."""
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: the same seed, the next epoch's draws."""
+        self.seed, self.epoch = int(state_dict["seed"]), int(state_dict["epoch"])
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed((self.seed + self.epoch) % 2**63)

@@ -17,11 +17,11 @@ A sample is a dict: ``image`` (float ``(3, H, W)``, normalized), ``target`` (int
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
@@ -47,9 +47,8 @@ from lit_finetune.data.masks import (
     to_target,
 )
 from lit_finetune.data.segmentation_demo import write_digit_segmentation
-from lit_finetune.data.transforms import Preprocessing, default_preprocessing
-from lit_finetune.models.backbones import available_backbones, resolve_weights
-from lit_finetune.models.timm_backbones import is_timm_name
+from lit_finetune.data.splits import seeded_split
+from lit_finetune.models.preprocessing import configured_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -137,22 +136,6 @@ def read_class_names(root: Path, class_names: Sequence[str] | None, num_classes:
     if len(names) < 2:
         raise ValueError(f"Segmentation needs at least 2 classes (background and one more); {source} names {names}.")
     return names
-
-
-def segmentation_preprocessing(backbone: str | None, weights: str | None) -> Preprocessing:
-    """Normalization and size of the weights: a classification backbone's (see ``default_preprocessing``), or a
-    torchvision segmentation model's (its ``transforms()``: resize 520 for fcn/deeplabv3, ImageNet statistics).
-    Unknown names (an encoder name torchvision does not register) use 224 and ImageNet statistics."""
-    try:
-        enum = resolve_weights(backbone, weights) if backbone else None
-    except ValueError:  # a name torchvision does not know: the model reports it
-        return default_preprocessing(None, None)
-    preset = enum.transforms() if enum is not None else None
-    if preset is not None and not hasattr(preset, "crop_size"):  # torchvision's SemanticSegmentation preset
-        size = int(preset.resize_size[0]) if preset.resize_size else 520
-        return Preprocessing(size, size, tuple(preset.mean), tuple(preset.std), preset.interpolation)
-    known = backbone in available_backbones() or is_timm_name(backbone)
-    return default_preprocessing(backbone if known else None, weights)
 
 
 def _to_model_input(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
@@ -284,12 +267,10 @@ def collate_same_size(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 def split_pairs(pairs: list[tuple[str, str]], val_fraction: float, seed: int) -> tuple[list, list]:
     """A seeded random split: ``val_fraction`` of the pairs (at least one) for validation."""
-    items = sorted(pairs)
-    random.Random(seed).shuffle(items)
-    n_val = max(1, round(len(items) * val_fraction))
-    if n_val >= len(items):
-        raise ValueError(f"{len(items)} image/mask pairs are too few to hold out a validation set: add images, or a val/ folder.")
-    return sorted(items[n_val:]), sorted(items[:n_val])
+    val, train = seeded_split(pairs, val_fraction, seed)
+    if not train:
+        raise ValueError(f"{len(pairs)} image/mask pairs are too few to hold out a validation set: add images, or a val/ folder.")
+    return train, val
 
 
 class SegmentationDataModule(FolderDataModule):
@@ -413,7 +394,7 @@ class SegmentationDataModule(FolderDataModule):
         # (Lightning refuses to log hyperparameters of the same name with different values).
         self.save_hyperparameters({**self.hparams, "num_classes": self.num_classes, "class_names": list(self.class_names)})
         self.palette = self._palette(palette)
-        self.preprocessing = self._preprocessing(backbone, weights, image_size, mean, std)
+        self.preprocessing = configured_preprocessing(backbone, weights, image_size, None, mean, std, square=True)
         self.eval_size = self.preprocessing.crop_size if eval_size == "image_size" else eval_size
         pre = self.preprocessing
         self.eval_transform = eval_transform or segmentation_eval_transform(self.eval_size, pre.mean, pre.std, pre.interpolation)
@@ -490,12 +471,6 @@ class SegmentationDataModule(FolderDataModule):
                 raise ValueError(f"`data.palette` needs {self.num_classes} RGB colours (0-255 each), one per class; got {palette}.")
             return [tuple(int(v) for v in c) for c in palette]
         return read_palette(self.train_pairs[0][1], self.num_classes) or default_palette(self.num_classes)
-
-    @staticmethod
-    def _preprocessing(backbone, weights, image_size, mean, std) -> Preprocessing:
-        pre = segmentation_preprocessing(backbone, weights)
-        size = image_size or pre.crop_size
-        return Preprocessing(size, size, tuple(mean or pre.mean), tuple(std or pre.std), pre.interpolation)
 
     def validate_masks(self) -> None:
         """Read every mask once (rank 0 under DDP): sizes, formats and values; decides binary ``positive_value``.

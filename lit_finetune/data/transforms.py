@@ -3,46 +3,14 @@ that goes with weights."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torchvision.transforms import v2
 
-from lit_finetune.models.backbones import DEFAULT_INPUT_SIZE, resolve_weights
-from lit_finetune.models.timm_backbones import is_timm_name, timm_preprocessing
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Sizes and normalization of the evaluation pipeline: resize, center crop, normalize."""
-
-    resize_size: int
-    crop_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR
-
-
-def default_preprocessing(backbone: str | None, weights: str | None) -> Preprocessing:
-    """Preprocessing of the named weights (their ``transforms()``: sizes, statistics, interpolation), else 256/224 bilinear with ImageNet statistics.
-
-    inception_v3 without weights uses 342/299. A timm backbone (``timm/<name>``) uses its ``pretrained_cfg``
-    (input size, crop fraction, mean/std, interpolation; see :func:`~lit_finetune.models.timm_backbones.timm_preprocessing`).
-    """
-    if is_timm_name(backbone):
-        return Preprocessing(*timm_preprocessing(backbone, weights))
-    enum = resolve_weights(backbone, weights) if backbone else None
-    if enum is not None:
-        preset = enum.transforms()
-        return Preprocessing(
-            int(preset.resize_size[0]), int(preset.crop_size[0]), tuple(preset.mean), tuple(preset.std), preset.interpolation
-        )
-    crop = DEFAULT_INPUT_SIZE.get(backbone or "", 224)
-    return Preprocessing(round(crop * 256 / 224), crop, IMAGENET_MEAN, IMAGENET_STD)
+# Preprocessing and its statistics are resolved once, in models/preprocessing.py; importable from here too.
+from lit_finetune.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing  # noqa: F401
+from lit_finetune.models.preprocessing import weights_preprocessing as default_preprocessing  # noqa: F401
 
 
 def _to_normalized_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transform]:

@@ -15,13 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from lit_finetune import keys
+from lit_finetune.models.network import BackboneHeadNetwork
 
 
-class ClassifierNetwork(nn.Module):
+class ClassifierNetwork(BackboneHeadNetwork):
     """Backbone plus head: ``forward(images)`` returns ``{"logits": ...}`` (and ``features`` when asked).
 
     In training mode, a backbone with no trainable parameter runs in eval mode under ``no_grad``
-    (it keeps no activations for backward: the frozen-backbone fast path).
+    (it keeps no activations for backward: the frozen-backbone fast path of :class:`BackboneHeadNetwork`).
 
     :meth:`compile_parts` compiles the backbone and the head with ``torch.compile``, each on its own:
     the mode switch of the fast path stays in eager code between them, so it never breaks a graph.
@@ -73,29 +74,8 @@ class ClassifierNetwork(nn.Module):
     def _part(self, name: str) -> nn.Module:
         return self._compiled_parts[name] if self._use_compiled else getattr(self, name)
 
-    def backbone_is_frozen(self) -> bool:
-        """True when no backbone parameter requires a gradient."""
-        return not any(p.requires_grad for p in self.backbone.parameters())
-
-    def features(self, images: Tensor) -> Any:
-        """The backbone's output; a frozen backbone in training runs in eval mode without autograd.
-
-        Outside training the backbone runs as it is, so that tools which need gradients with respect to
-        activations (Grad-CAM) work on a frozen backbone too.
-        """
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        backbone = self._part("backbone")
-        if not (self.head.training and self.backbone_is_frozen()):
-            return backbone(images)
-        modes = [module.training for module in self.backbone.modules()]
-        self.backbone.eval()
-        try:
-            with torch.no_grad():
-                return backbone(images)
-        finally:
-            for module, mode in zip(self.backbone.modules(), modes):
-                module.training = mode
+    def _backbone_call(self) -> nn.Module:
+        return self._part("backbone")
 
     def forward(self, images: Tensor, return_features: bool = False) -> dict[str, Tensor]:
         out = self.features(images)

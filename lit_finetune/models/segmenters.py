@@ -34,6 +34,7 @@ from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from lit_finetune import keys
 from lit_finetune.models.backbones import available_backbones, check_backbone_name, create_backbone, is_weights_file, resolve_weights
+from lit_finetune.models.network import BackboneHeadNetwork
 from lit_finetune.models.stages import _find_rule, backbone_stages, register_stages
 from lit_finetune.models.timm_backbones import create_timm_encoder, is_timm_name
 from lit_finetune.models.weights import load_state_dict_file, load_weights
@@ -52,36 +53,6 @@ def segmentation_models() -> list[str]:
 def is_torchvision_segmenter(name: str) -> bool:
     """Whether ``name`` is one of torchvision's segmentation models (else it is taken as an encoder)."""
     return name in segmentation_models()
-
-
-def _run_frozen(module: nn.Module, images: Tensor) -> Any:
-    """``module(images)`` in eval mode without autograd, every training flag restored afterwards."""
-    modes = [m.training for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            return module(images)
-    finally:
-        for m, mode in zip(module.modules(), modes):
-            m.training = mode
-
-
-class _Segmenter(nn.Module):
-    """Shared parts: the frozen-backbone fast path and channels-last inputs."""
-
-    backbone: nn.Module
-
-    def backbone_is_frozen(self) -> bool:
-        """True when no backbone parameter requires a gradient."""
-        return not any(p.requires_grad for p in self.backbone.parameters())
-
-    def features(self, images: Tensor) -> Any:
-        """The backbone's output; a frozen backbone in training runs in eval mode under ``no_grad``."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if self.training and self.backbone_is_frozen():
-            return _run_frozen(self.backbone, images)
-        return self.backbone(images)
 
 
 # ---------------------------------------------------------------------------------------- torchvision models
@@ -116,7 +87,7 @@ def _replace_conv(model: nn.Module, name: str, out_channels: int) -> None:
     setattr(model.get_submodule(parent_name), child, nn.Conv2d(old.in_channels, out_channels, old.kernel_size, old.stride))
 
 
-class TorchvisionSegmenter(_Segmenter):
+class TorchvisionSegmenter(BackboneHeadNetwork):
     """One of torchvision's segmentation models with its output layers rebuilt for ``num_classes``.
 
     Args:
@@ -305,7 +276,7 @@ class UNetDecoder(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-class EncoderDecoderSegmenter(_Segmenter):
+class EncoderDecoderSegmenter(BackboneHeadNetwork):
     """A torchvision classification backbone (or a timm model) as the encoder and a U-Net decoder; logits at the input size.
 
     The encoder is ``create_feature_extractor(model, nodes)``: the last stage output at each stride

@@ -13,19 +13,18 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.models.backbones import MIN_INPUT_SIZE, create_backbone
-from lit_finetune.data.transforms import default_preprocessing
+from lit_finetune.models.preprocessing import weights_preprocessing
 from lit_finetune.optim.feature_cache import FeatureCache
 from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.models.heads import ClassifierHead
 from lit_finetune.models.classifier import ClassifierNetwork
 from lit_finetune.modules.base import LOSS_STATE_PREFIXES, TaskLightningModule, per_sample_copy
-from lit_finetune.tasks import build_task, has_soft_targets
+from lit_finetune.tasks import build_task, has_soft_targets, loss_weight
 from lit_finetune.modules.tta import TTAMode, check_tta, tta_logits
 
 log = logging.getLogger(__name__)
@@ -165,7 +164,7 @@ class FinetuneClassifier(TaskLightningModule):
         # Callables and modules stay out of the hyperparameters so checkpoints load with weights_only=True.
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self._init_task(build_task(task, num_classes, class_names, threshold), backbone, weights, optimizer, lr_scheduler)
-        pre = default_preprocessing(backbone, weights)
+        pre = weights_preprocessing(backbone, weights)
         self._init_normalization(image_mean, image_std, (pre.mean, pre.std))
         self.min_input_size = MIN_INPUT_SIZE.get(backbone, 32)
 
@@ -213,19 +212,9 @@ class FinetuneClassifier(TaskLightningModule):
         if pos_weight is not None and self.task.name == "multiclass":
             raise ValueError("`pos_weight` is for tasks 'multilabel' and 'binary'; task 'multiclass' takes `class_weights`.")
         value = class_weights if class_weights is not None else pos_weight
-        if value is None:
-            return None
-        if value == "auto":
-            counts = self.hparams.class_counts
-            if not counts:
-                raise ValueError("'auto' loss weights need `class_counts` (filled in from the data by the command line; give them in Python).")
-            weight = self.task.class_weights(counts, int(self._num_train_samples(counts)))
-            rank_zero_info(f"Loss weights from the training label counts {list(counts)}: {[round(float(w), 4) for w in weight]}")
-            return weight
-        weight = torch.as_tensor(value, dtype=torch.float32)
-        if len(weight) != self.num_outputs:
-            raise ValueError(f"{len(weight)} loss weights given for {self.num_outputs} outputs: give one per class.")
-        return weight
+        counts = self.hparams.class_counts
+        # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
+        return loss_weight(self.task, value, counts, getattr(self.hparams, "num_train_samples", None), "training label")
 
     @override
     def _has_aux_loss(self, stage: str) -> bool:
@@ -253,11 +242,6 @@ class FinetuneClassifier(TaskLightningModule):
         return batch[keys.TARGET]  # as the data gives it (binary: (N,)); the loss alone gets the prepared one
 
     # ------------------------------------------------------------------ helpers
-    def _num_train_samples(self, counts: list[int]) -> int:
-        total = getattr(self.hparams, "num_train_samples", None)
-        # Multiclass and binary counts partition the images; multilabel counts do not, so the data gives the total.
-        return int(total) if total else int(sum(counts))
-
     def _cached_forward(self, batch: dict, stage: str) -> dict[str, Tensor]:
         """Logits from cached features (computed with the frozen backbone on first sight)."""
         cache, images, index = self.feature_caches[stage], batch[keys.IMAGE], batch[keys.INDEX]

@@ -19,29 +19,16 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, default_preprocessing
-from lit_finetune.models.backbones import resolve_weights
-from lit_finetune.models.segmenters import build_segmenter
-from lit_finetune.models.timm_backbones import is_timm_name
-from lit_finetune.modules.base import TaskLightningModule
+from lit_finetune.models.preprocessing import weights_preprocessing
 from lit_finetune.optim.freezing import FreezeSpec
+from lit_finetune.models.segmenters import build_segmenter
+from lit_finetune.modules.base import TaskLightningModule
+from lit_finetune.tasks.base import loss_weight
 from lit_finetune.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)
 
 Palette = list[tuple[int, int, int]]
-
-
-def weights_statistics(backbone: str, weights: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalization ``(mean, std)`` of the named weights (their ``transforms()``; timm: ``pretrained_cfg``), else ImageNet's."""
-    if is_timm_name(backbone):
-        pre = default_preprocessing(backbone, weights)
-        return pre.mean, pre.std
-    enum = resolve_weights(backbone, weights)
-    if enum is not None:
-        preset = enum.transforms()
-        return tuple(preset.mean), tuple(preset.std)
-    return IMAGENET_MEAN, IMAGENET_STD
 
 
 class SegmentationModule(TaskLightningModule):
@@ -157,7 +144,8 @@ class SegmentationModule(TaskLightningModule):
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self._init_task(SegmentationTask(num_classes, class_names, task, ignore_index, threshold), backbone, weights, optimizer, lr_scheduler)
         self.palette: Palette | None = [tuple(int(v) for v in color) for color in palette] if palette is not None else None
-        self._init_normalization(image_mean, image_std, weights_statistics(backbone, weights))
+        pre = weights_preprocessing(backbone, weights, unknown_names=True)
+        self._init_normalization(image_mean, image_std, (pre.mean, pre.std))
 
         network = self.build_network()
         self.backbone, self.head = network.backbone, network.head
@@ -192,24 +180,12 @@ class SegmentationModule(TaskLightningModule):
     # ------------------------------------------------------------------ hooks of TaskLightningModule
     @override
     def _loss_weight(self) -> Tensor | None:
-        value = self.hparams.class_weights
-        if value is None:
-            return None
-        if value == "auto":
-            counts = self.hparams.class_counts
-            if not counts:
-                raise ValueError("class_weights='auto' needs `class_counts` (labeled pixels per class); give them or give the weights.")
-            weight = self.task.class_weights(counts, int(sum(counts)))
-            log.info("Loss weights from the pixel counts %s: %s", list(counts), [round(float(w), 4) for w in weight])
-            return weight
-        if len(value) != self.num_outputs:
-            raise ValueError(f"{len(value)} class weights given for {self.num_outputs} classes: give one per class.")
-        return torch.as_tensor(value, dtype=torch.float32)
+        return loss_weight(self.task, self.hparams.class_weights, self.hparams.class_counts, None, "pixel")
 
     @override
     def _has_aux_loss(self, stage: str) -> bool:
         # The auxiliary classifier (fcn, deeplabv3) only adds its term in training.
-        return stage == "train" and "aux_classifier" in getattr(self.head, "keys", list)()
+        return stage == "train" and "aux_classifier" in getattr(self.head, "keys", lambda: [])()
 
     @override
     def _mean_per_sample(self, loss: Tensor, target: Tensor) -> Tensor:

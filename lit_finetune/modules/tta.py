@@ -2,14 +2,15 @@
 
 ``hflip`` adds the mirrored image; ``five_crop`` takes the four corner crops and the centre crop
 (each ``crop_fraction`` of the image side, resized back to the input size so that any network takes
-them); ``ten_crop`` adds the mirrored five crops. The views of a batch go through the network as one
-batch of ``views * N`` images. torchvision's ``five_crop``/``ten_crop`` make the crops; the averaging
-over views is written here because torchvision and torchmetrics have none.
+them); ``ten_crop`` adds the mirrored five crops. The views go through the network one at a time, each a
+batch of ``N`` images (the evaluation batch), so test-time augmentation needs no more memory than
+evaluation without it. torchvision's ``five_crop``/``ten_crop`` make the crops; the averaging over views is
+written here because torchvision and torchmetrics have none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -31,6 +32,30 @@ def check_tta(mode: str, crop_fraction: float) -> None:
         raise ValueError(f"`tta_crop_fraction` must be in (0, 1], got {crop_fraction}.")
 
 
+def iter_tta_views(images: Tensor, mode: TTAMode, crop_fraction: float = 0.875) -> Iterator[Tensor]:
+    """The views of a batch ``(N, C, H, W)``, one ``(N, C, H, W)`` batch per view, made as they are needed.
+
+    Args:
+        images: a normalized batch.
+        mode: ``"none"``, ``"hflip"``, ``"five_crop"`` or ``"ten_crop"``.
+        crop_fraction: side of the crops relative to the image side (``five_crop``/``ten_crop``).
+
+    Raises:
+        ValueError: an unknown mode or a crop fraction outside ``(0, 1]``.
+    """
+    check_tta(mode, crop_fraction)
+    if mode in ("none", "hflip"):
+        yield images
+        if mode == "hflip":
+            yield F.horizontal_flip(images)
+        return
+    height, width = images.shape[-2:]
+    size = [max(1, round(height * crop_fraction)), max(1, round(width * crop_fraction))]
+    crops = F.five_crop(images, size) if mode == "five_crop" else F.ten_crop(images, size)
+    for crop in crops:
+        yield F.resize(crop, [height, width], antialias=True)
+
+
 def tta_views(images: Tensor, mode: TTAMode, crop_fraction: float = 0.875) -> Tensor:
     """The views of a batch ``(N, C, H, W)`` stacked view-major: ``(views * N, C, H, W)``.
 
@@ -46,15 +71,7 @@ def tta_views(images: Tensor, mode: TTAMode, crop_fraction: float = 0.875) -> Te
 
         tta_views(torch.randn(4, 3, 64, 64), "ten_crop").shape  # (40, 3, 64, 64)
     """
-    check_tta(mode, crop_fraction)
-    if mode == "none":
-        return images
-    if mode == "hflip":
-        return torch.cat([images, F.horizontal_flip(images)])
-    height, width = images.shape[-2:]
-    size = [max(1, round(height * crop_fraction)), max(1, round(width * crop_fraction))]
-    crops = F.five_crop(images, size) if mode == "five_crop" else F.ten_crop(images, size)
-    return torch.cat([F.resize(crop, [height, width], antialias=True) for crop in crops])
+    return torch.cat(list(iter_tta_views(images, mode, crop_fraction)))
 
 
 def average_view_probs(task: Task, logits: Tensor, views: int) -> Tensor:
@@ -69,6 +86,7 @@ def tta_logits(task: Task, forward: Callable[[Tensor], Tensor], images: Tensor, 
     Multiclass: ``log(mean softmax)``; multilabel and binary: ``logit(mean sigmoid)``; probabilities are
     clamped to ``[1e-7, 1 - 1e-7]`` first. ``task.predict`` of the result gives the averaged probabilities,
     and a loss on logits evaluated on it scores them (cross-entropy: the NLL of the averaged probabilities).
+    ``forward`` sees one view at a time: batches of ``N`` images, never ``views * N``.
 
     Args:
         task: the task that turns logits into probabilities and back.
@@ -79,5 +97,9 @@ def tta_logits(task: Task, forward: Callable[[Tensor], Tensor], images: Tensor, 
     """
     if mode == "none":
         return forward(images)
-    logits = forward(tta_views(images, mode, crop_fraction))
-    return task.logits_from_probs(average_view_probs(task, logits, TTA_VIEWS[mode]))
+    total: Tensor | None = None
+    for view in iter_tta_views(images, mode, crop_fraction):
+        probs = task.predict(forward(view)).probs
+        total = probs if total is None else total + probs
+    assert total is not None
+    return task.logits_from_probs(total / TTA_VIEWS[mode])

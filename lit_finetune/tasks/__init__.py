@@ -1,7 +1,15 @@
 """The task layer: one object per task (targets, default loss, predictions, metrics, captions)."""
 
-from lit_finetune.tasks.base import Prediction, Task, TaskModule, has_soft_targets, task_of
-from lit_finetune.tasks.classification import TASKS, BinaryTask, MulticlassTask, MultilabelTask, build_task
+from lit_finetune.tasks.base import Prediction, Task, TaskModule, TaskModuleProtocol, has_soft_targets, loss_weight, task_of
+from lit_finetune.tasks.classification import (
+    TASKS,
+    BinaryTask,
+    MulticlassTask,
+    MultilabelTask,
+    SingleLabelTask,
+    build_task,
+    task_type,
+)
 from lit_finetune.tasks.segmentation import SegmentationTask, build_segmentation_task
 
 __all__ = [
@@ -11,10 +19,14 @@ __all__ = [
     "MultilabelTask",
     "Prediction",
     "SegmentationTask",
+    "SingleLabelTask",
     "Task",
     "TaskModule",
+    "TaskModuleProtocol",
     "build_segmentation_task",
     "build_task",
     "has_soft_targets",
+    "loss_weight",
     "task_of",
+    "task_type",
 ]

@@ -1,4 +1,5 @@
-"""The task interface: what a module and the callbacks ask of a task, and what callbacks ask of a module.
+"""The task interface: what a module and the callbacks ask of a task, and what callbacks ask of a module
+(:class:`TaskModuleProtocol`).
 
 A task object owns everything that differs between multiclass, multilabel and binary classification:
 how targets are checked and shaped for the loss, the default loss, what a prediction is, the metrics,
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
@@ -158,12 +161,46 @@ class Task(ABC):
         """Values of those columns for sample ``i``."""
 
 
-@runtime_checkable
-class TaskModule(Protocol):
-    """What the diagnostics callbacks need from a LightningModule.
+def loss_weight(
+    task: Task, value: str | Sequence[float] | None, class_counts: Sequence[int] | None, num_samples: int | None = None, counted: str = "training label"
+) -> Tensor | None:
+    """The weight of ``task``'s default loss for the option ``value``: None (unweighted), one weight per output,
+    or ``"auto"``: :meth:`Task.class_weights` of ``class_counts``, logged once (rank zero). The one path of
+    ``class_weights``/``pos_weight`` for every module.
 
-    ``FinetuneClassifier`` satisfies it; a subclass or a new module that provides these attributes works
-    with ``BestWorstSamples``, ``GradCAM``, ``ClassificationReport`` and ``PredictionCSVWriter``.
+    Args:
+        task: the task.
+        value: the option (``class_weights`` or ``pos_weight``).
+        class_counts: the training counts ``"auto"`` needs (the command line fills them in from the data).
+        num_samples: what the counts are out of; None: their sum (counts that partition the samples).
+        counted: what the counts count, for the log line (``"training label"``, ``"pixel"``).
+
+    Raises:
+        ValueError: ``"auto"`` without counts, or a number of weights other than :attr:`Task.num_outputs`.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"Loss weights are a list of numbers or 'auto', got {value!r}.")
+        if not class_counts:
+            raise ValueError("'auto' loss weights need `class_counts` (filled in from the data by the command line; give them in Python).")
+        weight = task.class_weights(class_counts, int(num_samples or sum(class_counts)))
+        rank_zero_info(f"Loss weights from the {counted} counts {list(class_counts)}: {[round(float(w), 4) for w in weight]}")
+        return weight
+    weight = torch.as_tensor(value, dtype=torch.float32)
+    if len(weight) != task.num_outputs:
+        raise ValueError(f"{len(weight)} loss weights given for {task.num_outputs} outputs: give one per class.")
+    return weight
+
+
+@runtime_checkable
+class TaskModuleProtocol(Protocol):
+    """What the diagnostics callbacks need from a LightningModule (a ``typing.Protocol``: nothing to inherit; the
+    shared base class of the shipped modules is :class:`~lit_finetune.modules.base.TaskLightningModule`).
+
+    ``FinetuneClassifier`` and ``SegmentationModule`` satisfy it; a subclass or a new module that provides these attributes works
+    with ``BestWorstSamples``, ``GradCAM``, ``ValidationReport`` and ``PredictionCSVWriter``.
 
     Attributes:
         task: the :class:`Task` object (predictions, captions, metrics).
@@ -183,13 +220,17 @@ class TaskModule(Protocol):
     backbone_name: str
 
 
+TaskModule = TaskModuleProtocol
+"""The former name of :class:`TaskModuleProtocol`."""
+
+
 def task_of(pl_module: Any, user: str) -> Task:
     """The task of ``pl_module``, or a clear error naming what the module lacks."""
     task = getattr(pl_module, "task", None)
     if not isinstance(task, Task):
         raise TypeError(
             f"{user} needs a module with a `task` attribute holding a lit_finetune.tasks.Task "
-            f"(see lit_finetune.tasks.TaskModule); {type(pl_module).__name__} has {type(task).__name__}."
+            f"(see lit_finetune.tasks.TaskModuleProtocol); {type(pl_module).__name__} has {type(task).__name__}."
         )
     return task
 

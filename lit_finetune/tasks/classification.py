@@ -14,6 +14,7 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 from lit_finetune.losses.cross_entropy import SmoothedBCEWithLogitsLoss
 from lit_finetune.tasks.base import Prediction, Task
+from lit_finetune.tasks.targets import BinaryTargets, ClassificationTargets, MulticlassTargets, MultilabelTargets
 
 SOFT_CAPTION_CLASSES = 2
 """Classes named in the caption of a soft (mixed) target: the heaviest ones, with their weights."""
@@ -54,7 +55,22 @@ def positive_weights(positives: Sequence[int], num_samples: int, names: Sequence
     return ((num_samples - counts) / counts).float()
 
 
-class MulticlassTask(Task):
+class SingleLabelTask(Task):
+    """What the tasks with one decision per image (multiclass, binary) share: the predicted class and its
+    probability as caption and ``predictions.csv`` row."""
+
+    def prediction_text(self, prediction: Prediction, i: int) -> str:
+        return f"{self.class_label(int(prediction.pred[i]))} {float(prediction.prob[i]):.2f}"
+
+    def prediction_columns(self) -> list[str]:
+        return ["pred_index", "pred_class", "probability"]
+
+    def prediction_row(self, prediction: Prediction, i: int) -> list[Any]:
+        pred = int(prediction.pred[i])
+        return [pred, self.class_label(pred), f"{float(prediction.prob[i]):.6f}"]
+
+
+class MulticlassTask(MulticlassTargets, SingleLabelTask):
     """One class per image: softmax over ``num_classes`` logits.
 
     Targets are class indices ``(N,)`` or, after mixup/cutmix or for distillation, class probabilities
@@ -132,18 +148,8 @@ class MulticlassTask(Task):
             return weighted_text(self, target)  # mixed: the main classes and their weights
         return self.class_label(int(target.reshape(-1)[0]))
 
-    def prediction_text(self, prediction: Prediction, i: int) -> str:
-        return f"{self.class_label(int(prediction.pred[i]))} {float(prediction.prob[i]):.2f}"
 
-    def prediction_columns(self) -> list[str]:
-        return ["pred_index", "pred_class", "probability"]
-
-    def prediction_row(self, prediction: Prediction, i: int) -> list[Any]:
-        pred = int(prediction.pred[i])
-        return [pred, self.class_label(pred), f"{float(prediction.prob[i]):.6f}"]
-
-
-class BinaryTask(MulticlassTask):
+class BinaryTask(BinaryTargets, SingleLabelTask):
     """A yes/no question per image: one logit, sigmoid; class 1 is the positive class.
 
     Targets are 0/1 per image (``(N,)`` or ``(N, 1)``, any dtype). Metrics: ``acc``, ``auroc``, ``f1`` (of the
@@ -165,7 +171,7 @@ class BinaryTask(MulticlassTask):
             )
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}.")
-        Task.__init__(self, num_classes, class_names)
+        super().__init__(num_classes, class_names)
         self.threshold = threshold
 
     @property
@@ -236,7 +242,7 @@ class BinaryTask(MulticlassTask):
         return [self.class_label(0), self.class_label(1)]
 
 
-class MultilabelTask(Task):
+class MultilabelTask(MultilabelTargets, Task):
     """Any number of labels per image: a sigmoid per class; a label is predicted above its threshold.
 
     Targets are float multi-hot vectors ``(N, C)`` (all zeros: no label). Metrics: ``map`` (macro
@@ -384,3 +390,14 @@ def build_task(name: str, num_classes: int, class_names: Sequence[str] | None = 
             raise ValueError("task 'binary' takes one `threshold`.")
         return BinaryTask(num_classes, class_names, float(threshold))
     return MultilabelTask(num_classes, class_names, threshold)
+
+
+def task_type(name: str) -> type[ClassificationTargets]:
+    """The classification task class named ``name``: what the data modules ask about targets (its class methods).
+
+    Raises:
+        ValueError: an unknown task name.
+    """
+    if name not in TASKS:
+        raise ValueError(f"Unknown task '{name}'; choose multiclass, multilabel or binary.")
+    return TASKS[name]

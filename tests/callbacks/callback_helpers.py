@@ -151,7 +151,7 @@ class FullRun:
 def full_run(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> FullRun:
     """One short fit (1 epoch, 3 training and 2 validation batches) with every diagnostics callback on."""
     from lit_finetune.callbacks.best_worst import BestWorstSamples
-    from lit_finetune.callbacks.classification_report import ClassificationReport
+    from lit_finetune.callbacks.classification_report import ValidationReport
     from lit_finetune.callbacks.data_timing import DataTiming
     from lit_finetune.callbacks.gradcam import GradCAM
     from lit_finetune.callbacks.gradient_stats import GradientStats
@@ -162,7 +162,7 @@ def full_run(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Full
         "best_worst": BestWorstSamples(k=3, tile_size=32),
         "gradient_stats": GradientStats(histogram_every_n_steps=2),
         "nan_guard": NanGuard(),
-        "report": ClassificationReport(num_thresholds=11),
+        "report": ValidationReport(num_thresholds=11),
         "timing": DataTiming(every_n_steps=1),
         "hparams": HParamsSummary(),
         "recorder": StepRecorder(),

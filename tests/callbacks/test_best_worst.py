@@ -24,7 +24,7 @@ def _logged_indices(text: str, kind: str) -> list[int]:
 def test_val_grid_holds_the_true_extreme_losses(full_run, kind):
     losses, _, _ = val_losses(full_run)
     assert len(set(losses.round(decimals=4).tolist())) > 4, "degenerate losses would make the check meaningless"
-    (text,) = text_of(full_run.events, "best_worst/val/indices")
+    (text,) = text_of(full_run.events, "zz-best_worst/val/indices")
     chosen = _logged_indices(text, kind)
     k = full_run.callbacks["best_worst"].k
     assert len(chosen) == k and len(set(chosen)) == k
@@ -37,9 +37,9 @@ def test_val_grid_holds_the_true_extreme_losses(full_run, kind):
 
 
 def test_tiles_show_the_chosen_images(full_run):
-    (event,) = full_run.events.Images("best_worst/val/worst")
+    (event,) = full_run.events.Images("zz-best_worst/val/worst")
     grid = decode_image(event)
-    (text,) = text_of(full_run.events, "best_worst/val/indices")
+    (text,) = text_of(full_run.events, "zz-best_worst/val/indices")
     chosen = _logged_indices(text, "worst")
     model = full_run.model
     for col, index in enumerate(chosen):
@@ -53,7 +53,7 @@ def test_tiles_show_the_chosen_images(full_run):
 
 def test_train_grids_logged_once(full_run):
     for kind in ("worst", "best"):
-        (event,) = full_run.events.Images(f"best_worst/train/{kind}")
+        (event,) = full_run.events.Images(f"zz-best_worst/train/{kind}")
         assert event.width == 2 + 3 * 34
     selected = full_run.callbacks["best_worst"].selected["train"]
     assert len({i for i, _ in selected["worst"]}) == 3
@@ -87,8 +87,8 @@ def test_nonfinite_batch_captured(tmp_path, image_root):
     trainer = make_trainer(tmp_path, [cb], limit_train_batches=1)
     trainer.fit(make_model(), datamodule=make_datamodule(image_root))
     acc = read_events(trainer)
-    assert len(acc.Images("best_worst/val/nonfinite")) == 1
-    (text,) = [e.tensor_proto.string_val[0].decode() for e in acc.Tensors("best_worst/val/nonfinite/text_summary")]
+    assert len(acc.Images("zz-best_worst/val/nonfinite")) == 1
+    (text,) = [e.tensor_proto.string_val[0].decode() for e in acc.Tensors("zz-best_worst/val/nonfinite/text_summary")]
     assert "batch 1" in text and "[8]" in text
     assert cb.selected["val"]["worst"][0][0] == 8  # NaN ranks first among the worst
 

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     from callback_helpers import make_datamodule, make_model, make_trainer, make_image_folder
     from lit_finetune import keys
     from lit_finetune.callbacks.best_worst import BestWorstSamples
-    from lit_finetune.callbacks.classification_report import ClassificationReport
+    from lit_finetune.callbacks.classification_report import ValidationReport
     from lit_finetune.callbacks.data_timing import DataTiming
     from lit_finetune.callbacks.gradcam import GradCAM
     from lit_finetune.callbacks.gradient_stats import GradientStats
@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
         root = out / "images"
         best_worst = BestWorstSamples(k=3, tile_size=32)
         gradcam = GradCAM(num_images=4, tile_size=32)
-        callbacks = [best_worst, GradientStats(), NanGuard(), gradcam, ClassificationReport(), DataTiming(), HParamsSummary()]
+        callbacks = [best_worst, GradientStats(), NanGuard(), gradcam, ValidationReport(), DataTiming(), HParamsSummary()]
         trainer = make_trainer(out, callbacks, strategy="ddp", devices=2, max_epochs=1)
         if trainer.global_rank == 0 and not root.exists():
             make_image_folder(root, {{"train": 8, "val": 4}})
@@ -68,8 +68,8 @@ def test_ddp_two_processes(tmp_path):
     assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1  # rank 1 wrote nothing
     acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "tensors": 0})
     acc.Reload()
-    images = [f"best_worst/{stage}/{kind}" for stage in ("train", "val") for kind in ("worst", "best")]
-    images += ["gradcam/val", "report/confusion_matrix"]
+    images = [f"zz-best_worst/{stage}/{kind}" for stage in ("train", "val") for kind in ("worst", "best")]
+    images += ["zz-gradcam/val", "zz-report/confusion_matrix"]
     for tag in images:
         assert len(acc.Images(tag)) == 1, tag
 

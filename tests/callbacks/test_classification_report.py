@@ -1,11 +1,11 @@
-"""ClassificationReport: confusion counts, per-class accuracy and histograms equal a direct count."""
+"""ValidationReport: confusion counts, per-class accuracy and histograms equal a direct count."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lit_finetune.callbacks.classification_report import ClassificationReport
+from lit_finetune.callbacks.classification_report import ValidationReport
 
 from callback_helpers import CLASSES, text_of, val_losses
 
@@ -21,26 +21,26 @@ def test_confusion_matrix_equals_direct_count(full_run):
     expected = torch.zeros(3, 3, dtype=torch.long)
     for t, p in zip(targets.tolist(), pred.tolist()):
         expected[t, p] += 1
-    (text,) = text_of(full_run.events, "report/confusion_matrix_counts")
+    (text,) = text_of(full_run.events, "zz-report/confusion_matrix_counts")
     assert _parse_table(text) == expected.tolist()
     assert torch.equal(full_run.callbacks["report"].confusion, expected)
-    assert len(full_run.events.Images("report/confusion_matrix")) == 1
+    assert len(full_run.events.Images("zz-report/confusion_matrix")) == 1
     for i, name in enumerate(CLASSES):
-        (acc,) = full_run.events.Scalars(f"report/acc/{name}")
+        (acc,) = full_run.events.Scalars(f"zz-report/acc/{name}")
         assert acc.value == pytest.approx(expected[i, i].item() / expected[i].sum().item())
 
 
 def test_histograms_and_curves(full_run):
     _, logits, targets = val_losses(full_run)
     correct = (logits.argmax(dim=1) == targets).sum().item()
-    (right,) = full_run.events.Histograms("report/max_prob_correct") or [None]
-    wrong = full_run.events.Histograms("report/max_prob_wrong")
+    (right,) = full_run.events.Histograms("zz-report/max_prob_correct") or [None]
+    wrong = full_run.events.Histograms("zz-report/max_prob_wrong")
     n_right = right.histogram_value.num if right else 0
     n_wrong = wrong[0].histogram_value.num if wrong else 0
     assert (n_right, n_wrong) == (correct, len(targets) - correct)
     tags = full_run.events.Tags()["tensors"]
-    assert {f"report/pr_curve/{c}" for c in CLASSES} <= set(tags)
-    assert "report/most_confused/text_summary" in tags
+    assert {f"zz-report/pr_curve/{c}" for c in CLASSES} <= set(tags)
+    assert "zz-report/most_confused/text_summary" in tags
 
 
 def test_pr_curves_equal_a_direct_count(full_run):
@@ -49,7 +49,7 @@ def test_pr_curves_equal_a_direct_count(full_run):
     _, logits, targets = val_losses(full_run)
     probs = logits.float().softmax(dim=1)
     for i, name in enumerate(CLASSES):
-        curve = make_ndarray(full_run.events.Tensors(f"report/pr_curve/{name}")[-1].tensor_proto)  # TP, FP, TN, FN, P, R
+        curve = make_ndarray(full_run.events.Tensors(f"zz-report/pr_curve/{name}")[-1].tensor_proto)  # TP, FP, TN, FN, P, R
         thresholds = torch.linspace(0, 1, curve.shape[1])
         predicted = probs[:, i : i + 1] >= thresholds  # (N, T): positive at each threshold
         positive = (targets == i).unsqueeze(1)
@@ -62,4 +62,13 @@ def test_pr_curves_equal_a_direct_count(full_run):
 
 def test_validation():
     with pytest.raises(ValueError, match="num_thresholds.*got 1"):
-        ClassificationReport(num_thresholds=1)
+        ValidationReport(num_thresholds=1)
+
+
+def test_former_names_still_import() -> None:
+    from lit_finetune import ClassificationReport as Top
+    from lit_finetune.callbacks.classification_report import ClassificationReport
+    from lit_finetune.tasks import TaskModule, TaskModuleProtocol
+
+    assert ClassificationReport is ValidationReport and Top is ValidationReport
+    assert TaskModule is TaskModuleProtocol

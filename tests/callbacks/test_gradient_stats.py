@@ -31,12 +31,12 @@ def test_per_layer_stats_equal_direct_computation(full_run):
             before = torch.cat([record["before"][n].flatten() for n in names]).double()
             after = torch.cat([record["after"][n].flatten() for n in names]).double()
             expected = {
-                f"grad/{layer}/min": grad.min(),
-                f"grad/{layer}/max": grad.max(),
-                f"grad/{layer}/mean": grad.mean(),
-                f"grad/{layer}/norm": grad.norm(),
-                f"weight/{layer}/norm": before.norm(),
-                f"update_ratio/{layer}": (after - before).norm() / before.norm(),
+                f"zz-grad/{layer}/min": grad.min(),
+                f"zz-grad/{layer}/max": grad.max(),
+                f"zz-grad/{layer}/mean": grad.mean(),
+                f"zz-grad/{layer}/norm": grad.norm(),
+                f"zz-weight/{layer}/norm": before.norm(),
+                f"zz-update_ratio/{layer}": (after - before).norm() / before.norm(),
             }
             scale = grad.abs().max().item()
             for tag, value in expected.items():
@@ -44,11 +44,11 @@ def test_per_layer_stats_equal_direct_computation(full_run):
                 atol = 1e-5 * scale if "/mean" in tag else 0.0
                 assert got == pytest.approx(value.item(), rel=1e-4, abs=atol), (step, tag)
         # The global norm is the one Lightning's grad_norm reports.
-        assert _logged(events, "grad/global_norm")[step] == pytest.approx(record["grad_norm"], rel=1e-5)
+        assert _logged(events, "zz-grad/global_norm")[step] == pytest.approx(record["grad_norm"], rel=1e-5)
 
 
 def test_histograms_on_their_own_interval(full_run):
-    histograms = full_run.events.Histograms("grad_hist/head.layers.fc")
+    histograms = full_run.events.Histograms("zz-grad_hist/head.layers.fc")
     assert [h.step for h in histograms] == [0, 2]
     record = full_run.callbacks["recorder"].steps[2]
     grads = torch.cat([record["grads"]["head.layers.fc.weight"].flatten(), record["grads"]["head.layers.fc.bias"].flatten()])

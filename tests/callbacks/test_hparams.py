@@ -20,8 +20,8 @@ def test_hparams_and_final_metrics(full_run):
     assert start.hparams["data/batch_size"].number_value == 8
     experiment = _plugin(full_run.events, "_hparams_/experiment").experiment
     names = {m.name.tag for m in experiment.metric_infos}
-    assert {"final/val/acc", "final/val/loss"} <= names
-    (final,) = full_run.events.Scalars("final/val/acc")
+    assert {"zz-final/val/acc", "zz-final/val/loss"} <= names
+    (final,) = full_run.events.Scalars("zz-final/val/acc")
     assert final.value == pytest.approx(full_run.trainer.callback_metrics["val/acc"].item())
     assert final.step == full_run.trainer.global_step
     assert len(full_run.events.Scalars("val/acc")) == 1  # the metric's own curve got no extra point

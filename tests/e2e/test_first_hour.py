@@ -45,15 +45,23 @@ def test_fresh_fit_is_quiet_and_best_and_last_checkpoints_work_by_name(tmp_path:
     assert best.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     (metric_named,) = [p for p in (run / "checkpoints").glob("epoch*.ckpt")]
     assert best.read_bytes() == metric_named.read_bytes()
+    # A quality floor: one epoch tells the two colour classes apart (chance: 0.5).
+    assert float(re.search(r"acc(\d\.\d+)\.ckpt", metric_named.name).group(1)) >= 0.9, metric_named.name
 
     validate = cli("validate", *quickstart(image_folder), "--ckpt_path", str(best), cwd=tmp_path)
     assert validate.returncode == 0, (validate.stdout + validate.stderr)[-3000:]
     assert (run / "validate").is_dir() and any((run / "validate").glob("events.out.tfevents.*"))
 
-    predict = cli("predict", *quickstart(image_folder), "--ckpt_path", "best", cwd=tmp_path)
-    assert predict.returncode == 0, (predict.stdout + predict.stderr)[-3000:]
-    rows = list(csv.DictReader((run / "predictions.csv").open()))
-    assert len(rows) == 8 and {r["pred_class"] for r in rows} <= {"cat", "dog"}
+    # predict writes into a folder named for the checkpoint: best and last do not overwrite each other, Lightning's
+    # "dirpath has changed" warning is not shown, and no TensorBoard run is made (predict logs nothing).
+    for name in ("best", "last"):
+        predict = cli("predict", *quickstart(image_folder), "--ckpt_path", name, cwd=tmp_path)
+        assert predict.returncode == 0, (predict.stdout + predict.stderr)[-3000:]
+        assert "dirpath has changed" not in predict.stdout + predict.stderr
+        rows = list(csv.DictReader((run / "predict" / name / "predictions.csv").open()))
+        assert len(rows) == 8 and {r["pred_class"] for r in rows} <= {"cat", "dog"}
+    assert sorted(p.name for p in (run / "predict").iterdir()) == ["best", "last"]
+    assert not list((run / "predict").rglob("events.out.tfevents.*")) and not list((run / "predict").rglob("hparams.yaml"))
     # Evaluating wrote beside the run; no new run folder, even for a call that fails.
     failed = cli("validate", *quickstart(image_folder), "--ckpt_path", str(run / "checkpoints" / "nope.ckpt"), cwd=tmp_path)
     assert failed.returncode == 2 and "nope.ckpt" in failed.stderr

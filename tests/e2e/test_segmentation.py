@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ def test_segmentation_quickstart_fits_and_predicts_masks_at_the_image_size(tmp_p
         "--data.init_args.num_workers", "0", "--data.init_args.image_size", "32",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
     ]
-    env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     fit = subprocess.run([CLI, "fit", *common, "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
     assert fit.returncode == 0, fit.stdout[-3000:] + fit.stderr[-3000:]
     run = tmp_path / "runs" / "segmentation_quickstart" / "version_0"
@@ -33,12 +34,12 @@ def test_segmentation_quickstart_fits_and_predicts_masks_at_the_image_size(tmp_p
 
     predict = subprocess.run([CLI, "predict", *common, "--ckpt_path", "best"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
     assert predict.returncode == 0, predict.stdout[-3000:] + predict.stderr[-3000:]
-    masks = sorted((run / "predict" / "masks").glob("*.png"))
+    masks = sorted((run / "predict" / "best" / "masks").glob("*.png"))
     assert [m.name for m in masks] == [f"{i:05d}.png" for i in range(4)]  # the validation images, by name
     for mask in masks:
         png = Image.open(mask)
         assert png.mode == "P" and png.size == (64, 64)  # the image's size, not the 32 px input
         assert png.getpalette()[: 3 * 11] == [v for color in default_palette(11) for v in color]
         assert np.asarray(png).max() <= 10
-        overlay = Image.open(run / "predict" / "masks" / "overlays" / mask.name)
+        overlay = Image.open(run / "predict" / "best" / "masks" / "overlays" / mask.name)
         assert overlay.mode == "RGB" and overlay.size == (64, 64)

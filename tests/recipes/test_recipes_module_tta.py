@@ -139,8 +139,9 @@ def test_ten_crop_in_test_and_predict_not_in_fit(image_folder: Path, tmp_path: P
     test = tiny_trainer(tmp_path, limit_test_batches=1, limit_predict_batches=1, callbacks=[outputs, sizes])
     test.test(model, dataloaders=data.val_dataloader(), verbose=False)
     predicted = test.predict(model, dataloaders=data.val_dataloader())
-    # fit: one training and one validation batch, no views; test and predict: ten views of a batch, one forward
-    assert sizes.sizes == {"fit": [4, 4], "test": [40], "predict": [40]}
+    # fit: one training and one validation batch, no views; test and predict: ten views of a batch, one forward a
+    # view, so the network never sees more images at once than the evaluation batch holds (4, not 40)
+    assert sizes.sizes == {"fit": [4, 4], "test": [4] * 10, "predict": [4] * 10}
     batch = next(iter(data.val_dataloader()))
     model.eval()
     with torch.no_grad():

@@ -1,33 +1,49 @@
-"""A tiny SegmentationModule fit: the loss moves, and the diagnostics callbacks work or refuse clearly."""
+"""A tiny SegmentationModule fit: the loss moves, and the diagnostics callbacks give the right values or refuse clearly.
+
+Best/worst samples are checked against per-pixel cross-entropy computed here from the final weights (mean over the
+labeled pixels of each image), gradient statistics against ``p.grad`` recorded at each step.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from seg_model_helpers import ShapesDataset, loader, tiny_module
+from seg_model_helpers import IGNORE, ShapesDataset, loader, tiny_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.nn import functional as F
 
-from lit_finetune import BestWorstSamples, ClassificationReport, DataTiming, GradCAM, GradientStats, HParamsSummary, NanGuard
+from lit_finetune import BestWorstSamples, ValidationReport, DataTiming, GradCAM, GradientStats, HParamsSummary, NanGuard
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class GradNorms(Callback):
+    """The norm of all gradients at each optimizer step, from ``p.grad``."""
+
+    def __init__(self) -> None:
+        self.norms: dict[int, float] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad.detach().double().flatten() for p in pl_module.parameters() if p.grad is not None]
+        self.norms[trainer.global_step] = torch.cat(grads).norm().item()
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("segfit")
-    model = tiny_module(palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)])
-    best_worst, report = BestWorstSamples(k=2, tile_size=32), ClassificationReport()
-    callbacks = [best_worst, report, GradientStats(), NanGuard(), DataTiming(), HParamsSummary()]
+    model = tiny_module(palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)], loss=nn.CrossEntropyLoss(ignore_index=IGNORE))
+    best_worst, report, norms = BestWorstSamples(k=2, tile_size=32), ValidationReport(), GradNorms()
+    callbacks = [best_worst, report, GradientStats(), NanGuard(), DataTiming(), HParamsSummary(), norms]
     trainer = Trainer(
         max_epochs=4, logger=TensorBoardLogger(str(tmp), name="seg"), callbacks=callbacks, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1, num_sanity_val_steps=0,
     )
-    losses = []
     trainer.fit(model, loader(ShapesDataset(8)), loader(ShapesDataset(4, seed=1)))
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0}).Reload()
-    return {"trainer": trainer, "events": events, "best_worst": best_worst, "report": report, "model": model}
+    return {"trainer": trainer, "events": events, "best_worst": best_worst, "report": report, "model": model, "grad_norms": norms.norms}
 
 
 def test_the_loss_moves_down(fitted):
@@ -38,12 +54,21 @@ def test_the_loss_moves_down(fitted):
 
 def test_best_worst_logs_image_and_mask_overlays(fitted):
     tags = fitted["events"].Tags()["images"]
-    assert "best_worst/val/worst" in tags and "best_worst/train/best" in tags
-    image = fitted["events"].Images("best_worst/val/worst")[-1]
+    assert "zz-best_worst/val/worst" in tags and "zz-best_worst/train/best" in tags
+    image = fitted["events"].Images("zz-best_worst/val/worst")[-1]
     # Two samples, three tiles each (image, true mask, predicted mask), in one row.
     assert image.width > 5 * 32
-    selected = fitted["best_worst"].selected["val"]["worst"]
-    assert len(selected) == 2 and selected[0][1] >= selected[1][1]
+    # The samples of highest and lowest loss: per-pixel cross-entropy averaged over each image's labeled pixels.
+    val = ShapesDataset(4, seed=1)
+    with torch.no_grad():
+        logits = fitted["model"].eval()(val.images)["logits"]
+    pixels = F.cross_entropy(logits, val.masks, ignore_index=IGNORE, reduction="none")
+    labeled = val.masks != IGNORE
+    losses = (pixels * labeled).sum(dim=(1, 2)) / labeled.sum(dim=(1, 2))
+    for kind, descending in (("worst", True), ("best", False)):
+        selected = fitted["best_worst"].selected["val"][kind]
+        assert [i for i, _ in selected] == losses.argsort(descending=descending)[:2].tolist(), kind
+        torch.testing.assert_close(torch.tensor([score for _, score in selected]), losses[[i for i, _ in selected]], rtol=1e-4, atol=1e-6)
 
 
 def test_report_writes_pixel_confusion_and_iou_table(fitted):
@@ -51,14 +76,25 @@ def test_report_writes_pixel_confusion_and_iou_table(fitted):
     labeled = int((ShapesDataset(4, seed=1).masks != 255).sum())
     assert confusion.shape == (3, 3) and int(confusion.sum()) == labeled  # every labeled pixel once, ignored ones never
     tags = fitted["events"].Tags()
-    assert "report/iou/0" in tags["scalars"] and "report/confusion_matrix" in tags["images"]
-    assert any(t.startswith("report/iou_table") for t in tags["tensors"])
+    assert "zz-report/iou/0" in tags["scalars"] and "zz-report/confusion_matrix" in tags["images"]
+    assert any(t.startswith("zz-report/iou_table") for t in tags["tensors"])
 
 
-def test_gradient_stats_and_timing_log_as_for_classifiers(fitted):
-    scalars = fitted["events"].Tags()["scalars"]
-    assert any(t.startswith("grad") for t in scalars), scalars
-    assert "perf/data_wait_fraction" in scalars and "perf/samples_per_sec" in scalars, scalars
+def test_gradient_stats_equal_the_gradients(fitted):
+    logged = {e.step: e.value for e in fitted["events"].Scalars("zz-grad/global_norm")}
+    assert sorted(fitted["grad_norms"]) == list(range(8))  # 2 steps an epoch, 4 epochs
+    for step, norm in fitted["grad_norms"].items():
+        assert logged[step] == pytest.approx(norm, rel=1e-5), step
+
+
+def test_timing_counts_images_not_pixels(fitted):
+    # 8 training images a epoch; the rate times the logged time per batch gives the batch size back (4).
+    rows = {e.step: e.value for e in fitted["events"].Scalars("zz-perf/samples_per_sec")}
+    wait = {e.step: e.value for e in fitted["events"].Scalars("zz-perf/data_wait_ms")}
+    step = {e.step: e.value for e in fitted["events"].Scalars("zz-perf/step_ms")}
+    assert len(rows) == 8
+    for s, rate in rows.items():
+        assert rate * (wait[s] + step[s]) / 1000 == pytest.approx(4, rel=1e-3)
 
 
 def test_gradcam_refuses_segmentation_before_training(tmp_path):

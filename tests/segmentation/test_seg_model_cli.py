@@ -80,7 +80,7 @@ def test_fit_then_validate_and_predict_through_the_cli(tmp_path, seg_root):
     validate = build_cli(["validate", "--config", str(config), "--ckpt_path", str(best[0])])
     assert float(validate.trainer.callback_metrics["val/miou"]) == pytest.approx(float(cli.trainer.callback_metrics["val/miou"]), abs=1e-6)
     build_cli(["predict", "--config", str(config), "--ckpt_path", str(best[0])])
-    rows = (run / "predictions.csv").read_text().splitlines()
+    rows = (run / "predict" / best[0].stem / "predictions.csv").read_text().splitlines()
     assert rows[0] == "index,path,classes,pixel_shares" and len(rows) > 1
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from planted_logits import NUM_CLASSES, THRESHOLD, loader, planted, planted_module, probabilities, reference_metrics
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, recall_score
 
-from lit_finetune.callbacks.classification_report import ClassificationReport
+from lit_finetune.callbacks.classification_report import ValidationReport
 from lit_finetune.callbacks.test_report import TestReport
 from lit_finetune.tasks import BinaryTask
 
@@ -41,7 +41,7 @@ def decisions(task: str) -> tuple[np.ndarray, np.ndarray]:
     return targets.numpy().astype(int), (p > np.asarray(THRESHOLD["multilabel"])).astype(int)
 
 
-def check_classification_report(task: str, report: ClassificationReport) -> None:
+def check_classification_report(task: str, report: ValidationReport) -> None:
     y, pred = decisions(task)
     acc = report.metrics["acc"].compute().reshape(-1).numpy()
     if task == "multilabel":
@@ -76,7 +76,7 @@ def assert_logged(trainer: Trainer, expected: dict[str, float]) -> None:
 @pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
 def test_every_logged_epoch_metric_equals_sklearn(task: str, tmp_path) -> None:
     model = planted_module(task)
-    report, test_report = ClassificationReport(), TestReport(dirpath=str(tmp_path))
+    report, test_report = ValidationReport(), TestReport(dirpath=str(tmp_path))
     trainer = Trainer(
         accelerator="cpu",
         devices=1,

@@ -75,3 +75,38 @@ def test_errors_name_the_fix() -> None:
         build_task("binary", 5)
     with pytest.raises(ValueError, match="one per class"):
         MultilabelTask(3, threshold=[0.5, 0.5])
+
+
+def test_binary_is_not_a_multiclass_task() -> None:
+    from lit_finetune.tasks import BinaryTask, MulticlassTask, SingleLabelTask
+
+    task = BinaryTask(2, ["no", "yes"], threshold=0.3)
+    assert not isinstance(task, MulticlassTask) and isinstance(task, SingleLabelTask)
+    assert task.threshold == 0.3 and task.class_names == ["no", "yes"]
+
+
+def test_loss_weight_auto_is_one_path_logged_on_rank_zero_only(caplog, monkeypatch) -> None:
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero
+
+    from lit_finetune.tasks import loss_weight
+
+    task = MulticlassTask(2)
+    with caplog.at_level(logging.INFO):
+        weight = loss_weight(task, "auto", [18, 2], counted="pixel")
+    torch.testing.assert_close(weight, torch.tensor([20 / (2 * 18), 20 / (2 * 2)]))  # inverse frequency, by hand
+    assert "Loss weights from the pixel counts [18, 2]" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(rank_zero.rank_zero_only, "rank", 1)
+    with caplog.at_level(logging.INFO):
+        loss_weight(BinaryTask(2), "auto", [18, 2])
+    assert "Loss weights" not in caplog.text
+    assert loss_weight(MultilabelTask(2), "auto", [1, 4], num_samples=5).tolist() == [4.0, 0.25]  # (5 - p) / p
+    with pytest.raises(ValueError, match="'2' \\(0 positives of 5\\)"):
+        loss_weight(MultilabelTask(3), "auto", [1, 4, 0], num_samples=5)
+    assert loss_weight(task, None, None) is None
+    with pytest.raises(ValueError, match="need `class_counts`"):
+        loss_weight(task, "auto", None)
+    with pytest.raises(ValueError, match="3 loss weights given for 2 outputs"):
+        loss_weight(task, [1.0, 2.0, 3.0], None)
