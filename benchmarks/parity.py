@@ -13,8 +13,11 @@ discarded. Only the training loop of an epoch counts (Trainer set-up excluded). 
 images/s and its spread over the rounds, each round's ratio, and last ``ratio: <median of the rounds' ratios,
 ours / plain>`` (the target is >= 0.97).
 
-    python benchmarks/parity.py [--rounds 5] [--images 3072] [--batch-size 64] [--data random|digits] [--ema-decay 0]
+    python benchmarks/parity.py [--rounds 5] [--images 3072] [--batch-size 64] [--data random|digits] [--ema-decay 0] [--backbone resnet18]
     python benchmarks/parity.py --rounds 1 --images 256    # a quick check that it runs
+
+``--backbone`` takes any backbone name of the module, timm's too (``timm/resnet18``): the plain loop then trains
+the same timm model (the module's backbone and head in an ``nn.Sequential``).
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import warnings
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,7 +255,7 @@ def export_checkpoint(
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace(_method)?` is deprecated", category=FutureWarning)
             # The tracer probes every attribute of every submodule, the metrics' deprecated `update_called` too.
             warnings.filterwarnings("ignore", message=r"This property will be removed in 2\.0\.0", category=DeprecationWarning)
-            torch.jit.trace(logits_model, example).save(files["torchscript"])
+            _trace(logits_model, example, model).save(files["torchscript"])
     if onnx:
         files["onnx"] = str(out / "model.onnx")
         dims = {0: torch.export.Dim("batch", min=1)}
@@ -279,6 +279,22 @@ def export_checkpoint(
     files["config"] = str(out / CONFIG_NAME)
     Path(files["config"]).write_text(json.dumps(config, indent=2) + "\n")
     return files
+
+
+def _trace(logits_model: nn.Module, example: Tensor, model: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` of the model, or an error that names the backbone and the exports that still work.
+
+    Raises:
+        RuntimeError: the backbone does not trace (some timm families use Python control flow on values).
+    """
+    try:
+        return torch.jit.trace(logits_model, example)
+    except Exception as err:  # the tracer raises many kinds; all mean "this model does not trace"
+        backbone = getattr(model, "backbone_name", type(model).__name__)
+        raise RuntimeError(
+            f"TorchScript tracing of backbone '{backbone}' failed: {str(err).splitlines()[0].rstrip('.') if str(err) else type(err).__name__}. "
+            "Export without `--torchscript`: the safetensors weights (with model.json) always work, and ONNX (`--onnx`) may."
+        ) from err
 
 
 def load_exported(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 Uses captum's ``LayerGradCam``. The target layer is chosen per backbone family (the last
 convolutional stage whose map is at least ``min_map_size`` pixels; the last transformer block for
-ViT and Swin, whose token outputs are reshaped to a map) or given by name.
+ViT and Swin, and for timm's token models (ViT, DeiT, EVA, DINOv2), whose token outputs are reshaped to a map
+without the class and register tokens) or given by name.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def _family_layer(pl_module: nn.Module) -> tuple[str, Reshape] | None:
     if name.startswith("vit_"):
         last = len(backbone.encoder.layers) - 1
         return f"backbone.encoder.layers.{list(backbone.encoder.layers._modules)[last]}.ln_1", "tokens"
+    if name.startswith("timm/"):
+        from lit_finetune.models.timm_backbones import timm_gradcam_layer
+
+        return timm_gradcam_layer(backbone)  # token models: the last block; CNNs: None, found below
     if name.startswith("swin"):
         stage = len(backbone.features) - 1
         block = len(backbone.features[stage]) - 1
@@ -82,8 +87,12 @@ def find_target_layer(pl_module: nn.Module, images: Tensor, min_map_size: int = 
 
 
 @contextmanager
-def exposed_map(layer: nn.Module, reshape: Reshape) -> Iterator[nn.Module]:
-    """A module whose output is ``layer``'s output as an ``(N, C, h, w)`` map, for captum to hook."""
+def exposed_map(layer: nn.Module, reshape: Reshape, prefix_tokens: int = 1) -> Iterator[nn.Module]:
+    """A module whose output is ``layer``'s output as an ``(N, C, h, w)`` map, for captum to hook.
+
+    ``tokens``: the first ``prefix_tokens`` tokens (class and register tokens) stay out of the map, the others
+    are reshaped to a grid (square, or of the nearest factorization).
+    """
     if reshape == "none":
         yield layer
         return
@@ -92,9 +101,11 @@ def exposed_map(layer: nn.Module, reshape: Reshape) -> Iterator[nn.Module]:
     def hook(module: nn.Module, args: Any, out: Tensor) -> Tensor:
         if reshape == "channels_last":
             return probe(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        cls, tokens = out[:, :1], out[:, 1:]
+        cls, tokens = out[:, :prefix_tokens], out[:, prefix_tokens:]
         n, t, d = tokens.shape
         side = math.isqrt(t)
+        while t % side:
+            side -= 1
         grid = probe(tokens.transpose(1, 2).reshape(n, d, side, t // side))
         return torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
 
@@ -248,7 +259,9 @@ class GradCAM(Callback):
             logits = _logits(pl_module(x)).detach()
             prediction = task.predict(logits)
             explained = self._explained(task, logits, targets)
-            with exposed_map(pl_module.get_submodule(name), reshape) as layer:
+            # timm's token models name their class + register tokens `num_prefix_tokens`; torchvision's ViT has one.
+            prefix = int(getattr(getattr(pl_module, "backbone", None), "num_prefix_tokens", 1))
+            with exposed_map(pl_module.get_submodule(name), reshape, prefix) as layer:
                 gradcam = LayerGradCam(lambda inp: task.explained_logits(_logits(pl_module(inp))), layer)
                 cam = gradcam.attribute(x, target=explained.tolist(), relu_attributions=True)
             cam = F.interpolate(cam.detach().float(), size=x.shape[-2:], mode="bilinear", align_corners=False)

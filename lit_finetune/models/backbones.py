@@ -1,5 +1,8 @@
 """Creating torchvision backbones: names, weights, local weight files and head surgery.
 
+Names that start with ``timm/`` are timm models (:mod:`lit_finetune.models.timm_backbones`): the functions
+here hand them over, so every caller treats both sources alike.
+
 A backbone is a torchvision classification model whose final classification layer has been
 replaced by ``nn.Identity``, so that calling it returns the pooled features the head sees.
 The final layer is found the same way for every family: it is the last ``nn.Linear`` or
@@ -21,8 +24,8 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
 from lit_finetune.models.heads import feature_size, find_final_layer, set_submodule
+from lit_finetune.models.timm_backbones import check_timm_name, create_timm_backbone, is_timm_name
 from lit_finetune.models.weights import WeightsReport, load_weights
-
 
 MIN_INPUT_SIZE = {"inception_v3": 75}
 """Smallest input side that each listed family accepts (others work from 32 px). inception_v3's
@@ -37,13 +40,17 @@ def available_backbones() -> list[str]:
 
 
 def check_backbone_name(name: str) -> None:
-    """Raise a ``ValueError`` that suggests close names when ``name`` is not a torchvision classifier.
+    """Raise a ``ValueError`` that suggests close names when ``name`` is not a torchvision classifier
+    (nor, for ``timm/<name>``, a timm model: see :func:`~lit_finetune.models.timm_backbones.check_timm_name`).
 
     Example::
 
         check_backbone_name("resnet18")   # fine
         check_backbone_name("resnet181")  # ValueError: Unknown backbone 'resnet181'. Did you mean: resnet18, resnet101, ...?
     """
+    if is_timm_name(name):
+        check_timm_name(name)
+        return
     names = available_backbones()
     if name in names:
         return
@@ -60,12 +67,13 @@ def is_weights_file(weights: str | None) -> bool:
 def resolve_weights(backbone: str, weights: str | None) -> WeightsEnum | None:
     """Turn a weights name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, or ``"ResNet18_Weights.IMAGENET1K_V1"``) into its enum.
 
-    Returns None for None and for local files.
+    Returns None for None, for local files and for timm backbones (whose weights are tags, see
+    :func:`~lit_finetune.models.timm_backbones.resolve_timm_weights`).
 
     Raises:
         ValueError: the name is not one of the backbone's weights.
     """
-    if weights is None or is_weights_file(weights):
+    if weights is None or is_weights_file(weights) or is_timm_name(backbone):
         return None
     enum = get_model_weights(backbone)
     member = weights.split(".")[-1]
@@ -111,19 +119,23 @@ def create_backbone(
     """Build ``name`` with ``weights``, strip its final layer and return ``(backbone, feature_size)``.
 
     Args:
-        name: a torchvision classification model name, e.g. ``"resnet18"``.
-        weights: None (random init), a weights name of the model (``"DEFAULT"``, ``"IMAGENET1K_V1"``)
-            downloaded by torchvision, or a path to a local state_dict file.
+        name: a torchvision classification model name, e.g. ``"resnet18"``, or ``timm/<name>`` (a timm model,
+            ``timm/convnext_atto``: built by :func:`~lit_finetune.models.timm_backbones.create_timm_backbone`).
+        weights: None (random init), a weights name of the model (``"DEFAULT"``, ``"IMAGENET1K_V1"``; for timm
+            ``"DEFAULT"`` or a pretrained tag such as ``"in1k"``) downloaded by torchvision or timm, or a path to a
+            local state_dict file.
         num_classes: the auxiliary head of inception_v3 is rebuilt for this many classes.
         trust_pickle: allow a local file that holds a whole pickled model.
         aux_logits: keep inception_v3's auxiliary head (googlenet's are always removed).
         model_kwargs: extra arguments of the torchvision builder, e.g. ``{"image_size": 64}`` for vit
-            without weights.
+            without weights (timm: of ``timm.create_model``, e.g. ``{"img_size": 64}``).
 
     Raises:
         ValueError: unknown name, unknown weights name, or a file that does not fit.
     """
     check_backbone_name(name)
+    if is_timm_name(name):
+        return create_timm_backbone(name, weights, trust_pickle=trust_pickle, model_kwargs=model_kwargs)
     enum = resolve_weights(name, weights)
     kwargs = dict(model_kwargs or {})
     if name in ("googlenet", "inception_v3"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torchvision.transforms import v2
 
 from lit_finetune.models.backbones import DEFAULT_INPUT_SIZE, resolve_weights
+from lit_finetune.models.timm_backbones import is_timm_name, timm_preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +34,8 @@ class Preprocessing:
 
 def weights_preprocessing(backbone: str | None, weights: str | None, unknown_names: bool = False) -> Preprocessing:
     """The preprocessing of the named weights (their ``transforms()``: sizes, statistics, interpolation), else 256/224
-    bilinear with ImageNet statistics (inception_v3: 342/299).
+    bilinear with ImageNet statistics (inception_v3: 342/299). A timm backbone (``timm/<name>``) uses its
+    ``pretrained_cfg`` (see :func:`~lit_finetune.models.timm_backbones.timm_preprocessing`).
 
     A segmentation preset (fcn, deeplabv3, lraspp) has one square size: resize and crop are both that size.
 
@@ -46,6 +48,8 @@ def weights_preprocessing(backbone: str | None, weights: str | None, unknown_nam
     Raises:
         ValueError: an unknown name, unless ``unknown_names``.
     """
+    if is_timm_name(backbone):  # the model's pretrained_cfg: input size, crop fraction, mean/std, interpolation
+        return Preprocessing(*timm_preprocessing(backbone, weights))  # type: ignore[arg-type]
     try:
         enum = resolve_weights(backbone, weights) if backbone else None
     except ValueError:

@@ -35,8 +35,9 @@ from torchvision.models.segmentation.lraspp import LRASPPHead
 from lit_finetune import keys
 from lit_finetune.models.backbones import available_backbones, check_backbone_name, create_backbone, is_weights_file, resolve_weights
 from lit_finetune.models.network import BackboneHeadNetwork
-from lit_finetune.models.weights import load_state_dict_file, load_weights
 from lit_finetune.models.stages import _find_rule, backbone_stages, register_stages
+from lit_finetune.models.timm_backbones import create_timm_encoder, is_timm_name
+from lit_finetune.models.weights import load_state_dict_file, load_weights
 
 PROBE_SIZE = 128
 """Side of the blank image run once through an encoder to find its strides."""
@@ -276,25 +277,30 @@ class UNetDecoder(nn.Module):
 
 
 class EncoderDecoderSegmenter(BackboneHeadNetwork):
-    """A torchvision classification backbone as the encoder and a U-Net decoder; logits at the input size.
+    """A torchvision classification backbone (or a timm model) as the encoder and a U-Net decoder; logits at the input size.
 
     The encoder is ``create_feature_extractor(model, nodes)``: the last stage output at each stride
     (resnet18: ``bn1``, ``layer1`` ... ``layer4`` at strides 2 to 32), a traced module that keeps the
     backbone's parameter names, so stages, freezing and layer-wise LR decay apply to it as to the
-    classifier. The decoder's logits (at the finest stride) are upsampled bilinearly to the input size.
+    classifier. A ``timm/<name>`` encoder is timm's ``features_only`` model (``FeatureGetterNet`` over
+    ``forward_intermediates``; channels and strides from its ``feature_info``): each stage of a CNN, four
+    evenly spaced blocks of a ViT as maps at the patch stride (class and register tokens dropped); its
+    parameters keep timm's names under ``backbone.model.``, and its stages are the model's ``group_matcher``
+    groups. The decoder's logits (at the finest stride) are upsampled bilinearly to the input size.
 
     Args:
-        backbone: a torchvision classification model with 2-D feature maps (not vit/swin).
+        backbone: a torchvision classification model with 2-D feature maps (not vit/swin), or ``timm/<name>``
+            (CNNs and ViTs; see :mod:`lit_finetune.models.timm_backbones`).
         num_classes: output maps (binary segmentation: 1).
         weights: None, a weights name of the backbone (``"DEFAULT"``, ``"IMAGENET1K_V1"``) or a local file.
         decoder_channels: widths of the decoder blocks, coarsest first.
         decoder_dropout: dropout before the final 1x1 convolution.
         channels_last: convert inputs to the channels-last memory format.
         trust_pickle: allow a local weights file holding a whole pickled model.
-        backbone_kwargs: extra arguments of the torchvision builder.
+        backbone_kwargs: extra arguments of the torchvision builder (timm: of ``timm.create_model``).
 
     Raises:
-        ValueError: an unknown or token-based backbone, unknown weights, or a file that does not fit.
+        ValueError: an unknown or token-based (torchvision) backbone, unknown weights, or a file that does not fit.
 
     Example::
 
@@ -315,10 +321,14 @@ class EncoderDecoderSegmenter(BackboneHeadNetwork):
     ) -> None:
         super().__init__()
         check_backbone_name(backbone)
-        if backbone.startswith(TOKEN_FAMILIES):
-            raise ValueError(f"'{backbone}' gives tokens, not (N, C, H, W) feature maps: pick a convolutional encoder (resnet, efficientnet, convnext, mobilenet, regnet, ...).")
         self.name = backbone
         self.channels_last = channels_last
+        if is_timm_name(backbone):  # timm's features_only encoder: channels and strides from its feature_info
+            self.backbone, channels, self.strides = create_timm_encoder(backbone, weights, trust_pickle, backbone_kwargs)
+            self.head = UNetDecoder(channels, decoder_channels, num_classes, decoder_dropout)
+            return
+        if backbone.startswith(TOKEN_FAMILIES):
+            raise ValueError(f"'{backbone}' gives tokens, not (N, C, H, W) feature maps: pick a convolutional encoder (resnet, efficientnet, convnext, mobilenet, regnet, ...).")
         model, _ = create_backbone(backbone, weights, trust_pickle=trust_pickle, aux_logits=False, model_kwargs=backbone_kwargs)
         nodes = pyramid_nodes(model)
         self.strides = [stride for _, stride, _ in nodes]
@@ -331,7 +341,8 @@ class EncoderDecoderSegmenter(BackboneHeadNetwork):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         features = self.features(images)
-        logits = self.head([features[str(i)] for i in range(len(features))])
+        maps = features if isinstance(features, list) else [features[str(i)] for i in range(len(features))]
+        logits = self.head(maps)
         return {keys.LOGITS: F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)}
 
 
@@ -357,7 +368,7 @@ def build_segmenter(
         build_segmenter("deeplabv3_mobilenet_v3_large", 5, weights_backbone="IMAGENET1K_V1")
         build_segmenter("efficientnet_b0", 5, weights="DEFAULT")
     """
-    if not is_torchvision_segmenter(name) and name not in available_backbones():
+    if not is_torchvision_segmenter(name) and name not in available_backbones() and not is_timm_name(name):
         close = difflib.get_close_matches(name, segmentation_models() + available_backbones(), n=5, cutoff=0.5)
         hint = f"Did you mean: {', '.join(close)}?" if close else "See `torchvision.models.list_models()`."
         raise ValueError(f"Unknown segmentation model or encoder '{name}'. {hint} Segmentation models: {', '.join(segmentation_models())}.")

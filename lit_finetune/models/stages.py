@@ -4,8 +4,10 @@ A *stage* is a contiguous slice of a backbone, from the input (stage 0, the stem
 Freezing the first ``k`` stages, layer-wise LR decay and unfreeze schedules all count in stages.
 :func:`backbone_stages` knows every torchvision classification family (see ``docs/finetuning.md``
 for the table) and falls back to the model's top-level children in order; :func:`register_stages`
-adds a rule for another class. Stages without parameters are dropped, so every stage holds at
-least one parameter.
+adds a rule for another class. timm models (and their ``features_only`` encoders) use the coarse groups
+of their own ``group_matcher``; :func:`backbone_layers` gives the fine groups that layer-wise LR decay
+counts in (one per block, as timm's ``param_groups_layer_decay``; the stages for torchvision models).
+Stages without parameters are dropped, so every stage holds at least one parameter.
 """
 
 from __future__ import annotations
@@ -153,7 +155,9 @@ def _find_rule(model: nn.Module) -> StageRule:
     for cls in type(model).__mro__:
         if cls in _STAGE_RULES:
             return _STAGE_RULES[cls]
-    return _fallback_stages
+    from lit_finetune.models.timm_backbones import is_timm_model, timm_stages
+
+    return timm_stages if is_timm_model(model) else _fallback_stages
 
 
 def _owner(name: str, prefixes: Iterable[str]) -> bool:
@@ -181,9 +185,29 @@ def backbone_stages(backbone: nn.Module) -> list[list[str]]:
         >>> len(stages), stages[0], stages[1][0]
         (6, ['conv1.weight', 'bn1.weight', 'bn1.bias'], 'layer1.0.conv1.weight')
     """
-    rule = _find_rule(backbone)
+    return _cover(backbone, _find_rule(backbone)(backbone))
+
+
+def backbone_layers(backbone: nn.Module) -> list[list[str]]:
+    """Parameter names of each *layer* that layer-wise LR decay counts in, from the input to the output.
+
+    timm models: the fine groups of their ``group_matcher`` (a ConvNeXt's blocks, a ViT's blocks), the groups
+    timm's own ``param_groups_layer_decay`` decays over; each lies within one stage. Other models: their stages.
+
+    Raises:
+        ValueError: as :func:`backbone_stages`.
+    """
+    from lit_finetune.models.timm_backbones import is_timm_model, timm_layers, timm_stages
+
+    if is_timm_model(backbone) and _find_rule(backbone) is timm_stages:
+        return _cover(backbone, timm_layers(backbone))
+    return backbone_stages(backbone)
+
+
+def _cover(backbone: nn.Module, groups: list[list[str]]) -> list[list[str]]:
+    """Parameter names of each group (module or parameter name prefixes); every parameter exactly once."""
     names = [name for name, _ in backbone.named_parameters()]
-    stages = [[name for name in names if _owner(name, prefixes)] for prefixes in rule(backbone)]
+    stages = [[name for name in names if _owner(name, prefixes)] for prefixes in groups]
     stages = [stage for stage in stages if stage]
     assigned = [name for stage in stages for name in stage]
     missing = sorted(set(names) - set(assigned))

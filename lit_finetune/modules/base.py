@@ -23,7 +23,7 @@ from typing_extensions import final, override
 
 from lit_finetune import keys
 from lit_finetune.losses import LossMetric
-from lit_finetune.models.stages import backbone_stages
+from lit_finetune.models.stages import backbone_layers, backbone_stages
 from lit_finetune.modules.epoch_metrics import (
     epoch_loss_metric,
     log_class_metrics,
@@ -200,6 +200,7 @@ class TaskLightningModule(LightningModule):
             no_weight_decay_norm_bias=self.options.no_weight_decay_norm_bias,
             exclude=self.frozen_parameters,
             keep_separate=held_groups(self._trainer),  # stages an unfreeze schedule warms up keep their own groups
+            layers=backbone_layers(self.backbone),  # timm: decay per block (fine groups); torchvision: the stages
         )
 
     def backbone_is_frozen(self) -> bool:

@@ -2,14 +2,15 @@
 
 :func:`parameter_groups` gives each parameter an ``lr_scale`` relative to the head LR
 (``backbone_lr_mult * layer_decay ** (n - i)`` for stage ``i`` of ``n``; 1 for the head) and puts
-norm layers, biases (any 1-D parameter) and position embeddings/tokens in ``.no_decay`` groups with
-``weight_decay=0``. Parts with the same hyperparameters share one group, so ``LearningRateMonitor``
+norm layers, biases (any 1-D parameter), position embeddings/tokens and what modules declare in a
+``no_weight_decay()`` method (timm's models) in ``.no_decay`` groups with ``weight_decay=0``. Parts with the same hyperparameters share one group, so ``LearningRateMonitor``
 logs one LR per distinct schedule, under the group's ``name`` (``lr-SGD/all``,
 ``lr-SGD/backbone.stage3``); see :func:`parameter_groups` for the names.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -70,6 +71,7 @@ def parameter_groups(
     exclude: Collection[str] = (),
     backbone_prefix: str = "backbone",
     keep_separate: Collection[str] = (),
+    layers: Sequence[Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Named optimizer parameter groups, one per distinct (LR scale, weight decay).
 
@@ -86,6 +88,11 @@ def parameter_groups(
     with ``.no_decay`` appended for the groups without weight decay. Parts in ``keep_separate``
     always get groups of their own (an unfreeze schedule needs those of the stages it holds).
 
+    With ``layers`` (finer groups, each inside one stage: timm's fine ``group_matcher`` groups, see
+    :func:`lit_finetune.models.stages.backbone_layers`) and ``layer_decay != 1``, the backbone parts are those
+    layers, ``backbone.layer{j}`` (when they differ from the stages), and layer ``j`` of ``m`` gets ``backbone_lr_mult * layer_decay ** (m - j)``:
+    the per-block decay of timm's ``param_groups_layer_decay``. A stage in ``keep_separate`` keeps its layers apart.
+
     Each group holds ``params``, ``name`` and ``lr_scale`` (its LR relative to the head LR); groups
     without weight decay also hold ``weight_decay=0.0``. Empty groups are left out. Groups come
     in the order of their first part (head, then stages from the input), decayed before ``.no_decay``.
@@ -96,14 +103,16 @@ def parameter_groups(
             (:func:`lit_finetune.models.stages.backbone_stages`).
         backbone_lr_mult: LR of the backbone relative to the head (0 keeps it fixed through the optimizer).
         layer_decay: Layer-wise LR decay; stage ``i`` of ``n`` gets ``backbone_lr_mult * layer_decay ** (n - i)``.
-        no_weight_decay_norm_bias: Put norm-layer parameters, biases, tokens and position tables in
-            ``.no_decay`` groups with ``weight_decay=0``.
+        no_weight_decay_norm_bias: Put norm-layer parameters, biases, tokens and position tables, and the
+            parameters that modules list in a ``no_weight_decay()`` method (timm's models), in ``.no_decay``
+            groups with ``weight_decay=0``.
         exclude: Names of parameters to leave out (the frozen ones).
         backbone_prefix: Name of the backbone inside ``model``.
         keep_separate: Parts (``"head"``, ``"backbone.stage{i}"``) that are never merged with others.
+        layers: Parameter names per layer for layer-wise decay, relative to the backbone; None: the stages.
 
     Raises:
-        ValueError: If ``keep_separate`` names a part that does not exist.
+        ValueError: If ``keep_separate`` names a part that does not exist, or a layer spans two stages.
 
     Example::
 
@@ -121,22 +130,29 @@ def parameter_groups(
         >>> [(g["name"], g["lr_scale"]) for g in groups][:4]
         [('head', 1.0), ('head.no_decay', 1.0), ('backbone.stage0', 0.03125), ('backbone.stage0.no_decay', 0.03125)]
     """
-    names = ["head"] + [f"{backbone_prefix}.stage{i}" for i in range(len(stages))]
-    unknown = sorted(set(keep_separate) - set(names))
+    stage_names = ["head"] + [f"{backbone_prefix}.stage{i}" for i in range(len(stages))]
+    unknown = sorted(set(keep_separate) - set(stage_names))
     if unknown:
-        raise ValueError(f"keep_separate={unknown} names no part; the parts are 'head' and '{backbone_prefix}.stage0'..'{names[-1]}'.")
-    scales = [1.0, *stage_lr_scales(len(stages), backbone_lr_mult, layer_decay)]
-    buckets = _buckets(model, stages, no_weight_decay_norm_bias, exclude, backbone_prefix)
+        raise ValueError(f"keep_separate={unknown} names no part; the parts are 'head' and '{backbone_prefix}.stage0'..'{stage_names[-1]}'.")
+    if layers is not None and layer_decay != 1.0 and [list(layer) for layer in layers] != [list(stage) for stage in stages]:
+        parts, names = layers, ["head"] + [f"{backbone_prefix}.layer{j}" for j in range(len(layers))]
+        stage_of = _stage_of_layers(stages, layers)
+        separate = {j + 1 for j, i in enumerate(stage_of) if stage_names[i + 1] in keep_separate} | ({0} if "head" in keep_separate else set())
+    else:
+        parts, names = stages, stage_names
+        separate = {index for index, name in enumerate(names) if name in keep_separate}
+    scales = [1.0, *stage_lr_scales(len(parts), backbone_lr_mult, layer_decay)]
+    buckets = _buckets(model, parts, no_weight_decay_norm_bias, exclude, backbone_prefix)
     merged: dict[tuple[Any, float, bool], list[int]] = {}  # (part or None, LR scale, decay) -> parts
     for index, decay in sorted(buckets, key=lambda key: (key[0], not key[1])):
-        alone = index if names[index] in keep_separate else None
+        alone = index if index in separate else None
         merged.setdefault((alone, scales[index], decay), []).append(index)
     groups = []
-    for (_, scale, decay), parts in sorted(merged.items(), key=lambda item: (item[1][0], not item[0][2])):
+    for (_, scale, decay), members in sorted(merged.items(), key=lambda item: (item[1][0], not item[0][2])):
         present = [index for index, d in buckets if d == decay]
-        group = {
-            "params": [p for index in parts for p in buckets[index, decay]],
-            "name": _group_name(parts, present, names),
+        group: dict[str, Any] = {
+            "params": [p for index in members for p in buckets[index, decay]],
+            "name": _group_name(members, present, names),
             "lr_scale": scale,
         }
         if not decay:
@@ -145,11 +161,44 @@ def parameter_groups(
     return groups
 
 
+def _stage_of_layers(stages: Sequence[Sequence[str]], layers: Sequence[Sequence[str]]) -> list[int]:
+    """The stage index of each layer; each layer must lie inside one stage."""
+    stage_of_param = {name: i for i, stage in enumerate(stages) for name in stage}
+    result: list[int] = []
+    for j, layer in enumerate(layers):
+        owners = {stage_of_param.get(name, -1) for name in layer}
+        if len(owners) != 1 or -1 in owners:
+            raise ValueError(f"Layer {j} ({list(layer)[:3]}...) does not lie inside one backbone stage: give layers that split the stages.")
+        result.append(owners.pop())
+    return result
+
+
+def declared_no_weight_decay(model: nn.Module) -> set[str]:
+    """Full names of the parameters that modules declare free of weight decay with a ``no_weight_decay()`` method.
+
+    That is timm's convention (``{"pos_embed", "cls_token", "reg_token"}`` on a ViT); names are relative to the
+    declaring module and may be globs, as timm's optimizer factory reads them.
+    """
+    declared: set[str] = set()
+    for module_name, module in model.named_modules():
+        method = getattr(module, "no_weight_decay", None)
+        if not callable(method):
+            continue
+        try:
+            patterns = set(method())
+        except TypeError:  # a method of another meaning, with arguments
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        declared |= {prefix + name for name, _ in module.named_parameters() if any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+    return declared
+
+
 def _buckets(
     model: nn.Module, stages: Sequence[Sequence[str]], split_decay: bool, exclude: Collection[str], backbone_prefix: str
 ) -> dict[tuple[int, bool], list[nn.Parameter]]:
-    """Parameters by (part, decay): part 0 is the head, part ``i + 1`` backbone stage ``i``."""
+    """Parameters by (part, decay): part 0 is the head, part ``i + 1`` backbone stage (or layer) ``i``."""
     stage_of = {f"{backbone_prefix}.{name}": i for i, stage in enumerate(stages) for name in stage}
+    declared = declared_no_weight_decay(model) if split_decay else set()
     buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -158,8 +207,8 @@ def _buckets(
                 continue
             seen.add(id(param))
             index = stage_of.get(param_name, -1) + 1
-            decay = not (split_decay and no_weight_decay(module, param_name.rsplit(".", 1)[-1], param))
-            buckets.setdefault((index, decay), []).append(param)
+            exempt = no_weight_decay(module, param_name.rsplit(".", 1)[-1], param) or param_name in declared
+            buckets.setdefault((index, not (split_decay and exempt)), []).append(param)
     return buckets
 
 
@@ -180,7 +229,8 @@ def _group_name(parts: Sequence[int], present: Sequence[int], names: Sequence[st
             runs.append([index])
     for run in runs:
         first, last = names[run[0]], names[run[-1]]
-        labels.append(first if len(run) == 1 else f"{first}-{last.rsplit('stage', 1)[-1]}")
+        number = last[len(last.rstrip("0123456789")) :]  # backbone.stage3 -> 3, backbone.layer12 -> 12
+        labels.append(first if len(run) == 1 else f"{first}-{number}")
     return "+".join(labels)
 
 
