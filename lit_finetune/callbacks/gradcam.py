@@ -77,7 +77,7 @@ def find_target_layer(pl_module: nn.Module, images: Tensor, min_map_size: int = 
         for handle in handles:
             handle.remove()
         for module, training in modes.items():
-            module.train(training)
+            module.training = training  # the flag alone: `train()` would recurse into children already restored
     maps = [(name, shape) for name, shape in shapes if len(shape) == 4 and min(shape[2:]) > 1]
     large = [(name, shape) for name, shape in maps if min(shape[2:]) >= min_map_size]
     chosen = (large or maps)
@@ -125,7 +125,7 @@ def preserved_state(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         for m, training in modes.items():
-            m.train(training)
+            m.training = training  # the flag alone: `train()` would recurse into children already restored
 
 
 class GradCAM(Callback):

@@ -251,7 +251,7 @@ class NanGuard(Callback):
                 for name, b in pl_module.named_buffers():
                     b.copy_(buffers[name])
             for module, training in modes.items():
-                module.train(training)
+                module.training = training  # the flag alone: `train()` would recurse into children already restored
         self.culprit = found.get("module")
         return result
 

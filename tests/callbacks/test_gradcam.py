@@ -64,7 +64,7 @@ class PatternNet(FinetuneClassifier):
     channel's activation: high on the bright square, zero elsewhere.
     """
 
-    def build_backbone(self) -> tuple[nn.Module, int]:
+    def build_backbone(self, spec: object) -> tuple[nn.Module, int]:
         conv = nn.Conv2d(3, 4, 3, padding=1)
         with torch.no_grad():
             conv.weight.zero_()
