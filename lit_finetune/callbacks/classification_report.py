@@ -25,6 +25,8 @@ class ConfidenceHistogram(Metric):
     """Counts of the predicted-class probability in ``bins`` equal bins of ``[0, 1]``, for right and wrong predictions."""
 
     full_state_update = False
+    correct: Tensor  # metric states
+    wrong: Tensor
 
     def __init__(self, bins: int = 20) -> None:
         super().__init__()

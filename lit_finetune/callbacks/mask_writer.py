@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ class SegmentationMaskWriter(BasePredictionWriter):
     def _palette(self, trainer: Trainer, pl_module: LightningModule, channels: int) -> list[tuple[int, int, int]]:
         for palette in (self.palette, getattr(pl_module, "palette", None), getattr(getattr(trainer, "datamodule", None), "palette", None)):
             if palette:
-                return [tuple(int(v) for v in color) for color in palette]
+                return cast(list[tuple[int, int, int]], [tuple(int(v) for v in color) for color in palette])
         return default_palette(max(channels, 2))
 
     def _name(self, path: str, index: int) -> str:

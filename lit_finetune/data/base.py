@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -70,6 +71,7 @@ class FolderDataModule(LightningDataModule, ABC):
                 return [(str(path), None) for path in images]
     """
 
+    hparams: AttributeDict  # what save_hyperparameters stores (the base property says MutableMapping)
     TEST_LAYOUT = "test/<class>/<images>"
     """What the error for ``test`` without a test split asks to add under ``root``."""
 

@@ -103,7 +103,7 @@ def find_bad_images(paths: Iterable[str | Path], num_threads: int | None = None)
     """
     paths = [str(p) for p in paths]
     reasons = map_in_threads(check_image, paths, num_threads, chunksize=64)
-    return [BadImage(p, r) for p, r in zip(paths, reasons) if r is not None]
+    return [BadImage(str(p), r) for p, r in zip(paths, reasons) if r is not None]
 
 
 def find_bad_images_once(paths: Sequence[str | Path], trainer: Trainer | None = None) -> list[BadImage]:

@@ -86,7 +86,7 @@ class LossMetric(Metric):
             self.update(preds, target)
         finally:
             self._batch = None
-        self._forward_cache = batch_loss.detach()
+        self._forward_cache = batch_loss.detach()  # type: ignore[assignment]  # torchmetrics starts it as an unannotated None
         return batch_loss
 
     def update(self, preds: Tensor, target: Tensor) -> None:

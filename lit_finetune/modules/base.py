@@ -9,9 +9,10 @@ module builds its task and its network in ``__init__`` and keeps only what diffe
 from __future__ import annotations
 
 from copy import deepcopy
-from typing import Any
+from typing import Any, cast
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from lit_finetune.optim.freezing import freeze as freeze_parameters
 from lit_finetune.losses import LossMetric, StatisticsLoss
 from lit_finetune.optim.param_groups import apply_lr_scales, held_groups, parameter_groups
 from lit_finetune.optim.schedulers import WarmupCosineLR
+from lit_finetune.models.network import BackboneHeadNetwork
 from lit_finetune.models.stages import backbone_stages
 from lit_finetune.tasks import Task
 
@@ -42,7 +44,7 @@ def per_sample_copy(loss: nn.Module) -> nn.Module:
             f"The loss {type(loss).__name__} has no `reduction` attribute: the module needs a per-sample value of it "
             "for the callbacks (reduction='none'). Give it a `reduction` argument or override `sample_losses`."
         )
-    copy = deepcopy(loss)
+    copy: Any = deepcopy(loss)  # any attributes the loss has (nn.Module.__setattr__ is typed for tensors and modules)
     copy.reduction = "none"
     if getattr(copy, "aggregation", None) == "global":
         copy.aggregation = "per_sample"
@@ -98,10 +100,11 @@ class TaskLightningModule(LightningModule):
                 return self.network(images)
     """
 
+    hparams: AttributeDict  # what save_hyperparameters stores (the base property says MutableMapping)
     task: Task
     backbone: nn.Module
     head: nn.Module
-    network: nn.Module
+    network: BackboneHeadNetwork
 
     _loss_weight_options = "`class_weights`"
     """The options that weight the default loss, as errors name them."""
@@ -133,7 +136,7 @@ class TaskLightningModule(LightningModule):
         self.image_mean = tuple(image_mean) if image_mean is not None else default[0]
         self.image_std = tuple(image_std) if image_std is not None else default[1]
 
-    def _attach_network(self, network: nn.Module, channels_last: bool) -> None:
+    def _attach_network(self, network: BackboneHeadNetwork, channels_last: bool) -> None:
         # The network as a plain nn.Module (not registered twice): export and research code use it.
         self.__dict__["network"] = network
         if channels_last:  # before the optimizer and any DDP wrapping see the parameters
@@ -288,7 +291,7 @@ class TaskLightningModule(LightningModule):
                     self.loss_term_metrics[key] = MeanMetric().to(self.device)
                 self.loss_term_metrics[key].update(value.detach(), weight=n)
                 tag = f"{stage}/loss_main" if name == keys.LOSS else f"{stage}/{name}"
-                self.log(tag, self.loss_term_metrics[key], on_step=False, on_epoch=True)
+                self.log(tag, cast(MeanMetric, self.loss_term_metrics[key]), on_step=False, on_epoch=True)
 
     def _shared_step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         target = self.prepare_target(batch[keys.TARGET])
@@ -363,7 +366,7 @@ class TaskLightningModule(LightningModule):
         if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
             # The schedule spans the whole run: optimizer steps (interval "step") or epochs.
             steps = self.trainer.estimated_stepping_batches if self.hparams.scheduler_interval == "step" else self.trainer.max_epochs
-            scheduler.total_steps = int(steps)
+            scheduler.total_steps = int(steps)  # type: ignore[arg-type]  # max_epochs=None (a max_steps run) fails here as before
         config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor

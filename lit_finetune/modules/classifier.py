@@ -120,6 +120,8 @@ class FinetuneClassifier(TaskLightningModule):
 
     _loss_weight_options = "`class_weights` / `pos_weight`"
 
+    network: ClassifierNetwork
+
     def __init__(
         self,
         num_classes: int,

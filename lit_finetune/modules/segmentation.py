@@ -11,7 +11,7 @@ Override ``build_network``, ``forward``, ``loss_terms`` or ``parameter_groups`` 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_finetune import keys
+from lit_finetune.models.network import BackboneHeadNetwork
 from lit_finetune.models.preprocessing import weights_preprocessing
 from lit_finetune.optim.freezing import FreezeSpec
 from lit_finetune.models.segmenters import build_segmenter
@@ -170,7 +171,7 @@ class SegmentationModule(TaskLightningModule):
             ignore_index = mask_rule(task).ignore_index
             self.save_hyperparameters({**self.hparams, "ignore_index": ignore_index})
         self._init_task(SegmentationTask(num_classes, class_names, task, ignore_index, threshold), backbone, weights, optimizer, lr_scheduler)
-        self.palette: Palette | None = [tuple(int(v) for v in color) for color in palette] if palette is not None else None
+        self.palette: Palette | None = cast(Palette, [tuple(int(v) for v in color) for color in palette]) if palette is not None else None
         pre = weights_preprocessing(backbone, weights, unknown_names=True)
         self._init_normalization(image_mean, image_std, (pre.mean, pre.std))
 
@@ -181,7 +182,7 @@ class SegmentationModule(TaskLightningModule):
         self._init_loss_and_metrics(loss)
 
     # ------------------------------------------------------------------ override points
-    def build_network(self) -> nn.Module:
+    def build_network(self) -> BackboneHeadNetwork:
         """The segmentation network: an ``nn.Module`` with ``backbone`` and ``head`` whose forward returns ``{"logits": ...}``."""
         hp = self.hparams
         return build_segmenter(
@@ -257,7 +258,7 @@ class SegmentationModule(TaskLightningModule):
             self._count_pixels(datamodule)
         palette = getattr(datamodule, "palette", None)
         if self.palette is None and palette:
-            self.palette = [tuple(int(v) for v in color) for color in palette]
+            self.palette = cast(Palette, [tuple(int(v) for v in color) for color in palette])
             given = getattr(datamodule, "hparams", {}).get("palette")
             if given is not None and self.hparams.get("palette") is None:
                 # Loggers merge the model's and the data's hyperparameters and refuse two values of one name;
@@ -299,5 +300,5 @@ class SegmentationModule(TaskLightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("palette") and self.palette is None:
-            self.palette = [tuple(int(v) for v in color) for color in checkpoint["palette"]]
+            self.palette = cast(Palette, [tuple(int(v) for v in color) for color in checkpoint["palette"]])
         super().on_load_checkpoint(checkpoint)

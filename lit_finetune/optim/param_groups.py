@@ -134,7 +134,7 @@ def parameter_groups(
     groups = []
     for (_, scale, decay), parts in sorted(merged.items(), key=lambda item: (item[1][0], not item[0][2])):
         present = [index for index, d in buckets if d == decay]
-        group = {
+        group: dict[str, Any] = {
             "params": [p for index in parts for p in buckets[index, decay]],
             "name": _group_name(parts, present, names),
             "lr_scale": scale,
