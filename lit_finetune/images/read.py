@@ -33,7 +33,7 @@ def load_rgb(path: str, max_side: int | None = None) -> Image.Image:
             img.draft("RGB", (max_side, max_side))
         img.load()
         try:
-            img = ImageOps.exif_transpose(img)  # type: ignore[assignment]  # an Image, no longer the opened ImageFile
+            img = ImageOps.exif_transpose(img)
         except Exception:  # a malformed EXIF block: keep the pixels as stored
             pass
         return to_rgb(img)

@@ -71,7 +71,7 @@ class LossMetric(Metric):
         self.sample_loss: Optional[Tensor] = None
         self._batch: Optional[Statistics] = None
 
-    def forward(self, preds: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, preds: Tensor, target: Tensor) -> Tensor:
         """Return the differentiable mean loss of the batch and add the batch to the states."""
         if isinstance(self.loss, StatisticsLoss):
             stats = self.loss.sample_statistics(preds, target)

@@ -289,7 +289,7 @@ class TaskLightningModule(LightningModule):
                 key = f"{stage}_{name}"
                 if key not in self.loss_term_metrics:
                     self.loss_term_metrics[key] = MeanMetric().to(self.device)
-                self.loss_term_metrics[key].update(value.detach(), weight=n)
+                cast(MeanMetric, self.loss_term_metrics[key]).update(value.detach(), weight=n)
                 tag = f"{stage}/loss_main" if name == keys.LOSS else f"{stage}/{name}"
                 self.log(tag, cast(MeanMetric, self.loss_term_metrics[key]), on_step=False, on_epoch=True)
 
