@@ -118,7 +118,8 @@ class BestWorstSamples(Callback):
         self.tile_size = tile_size
         self.capture_nonfinite = capture_nonfinite
         self._enabled = True
-        self._top: dict[str, dict[str, _RunningTopK]] = {stage: {"worst": _RunningTopK(k, largest=True), "best": _RunningTopK(k, largest=False)} for stage in self.stages}
+        self._top: dict[str, dict[str, _RunningTopK]]
+        self._top = {stage: {"worst": _RunningTopK(k, largest=True), "best": _RunningTopK(k, largest=False)} for stage in self.stages}
         self._nonfinite: dict[str, dict[str, Tensor] | None] = {stage: None for stage in self.stages}
         self.selected: dict[str, dict[str, list[tuple[int, float]]]] = {}
         """Per stage and kind, the ``(dataset index, score)`` pairs logged last, best first in each kind."""
@@ -248,7 +249,8 @@ class BestWorstSamples(Callback):
         writer = tensorboard_writer(trainer)
         chosen = {}
         for kind, top in self._top[stage].items():
-            state = self._gather(trainer, cast(dict[str, Tensor], top.state))  # both saw the batches of "worst"; collective: every rank takes part
+            # Both kinds saw the batches of "worst" (checked above). Collective: every rank takes part.
+            state = self._gather(trainer, cast(dict[str, Tensor], top.state))
             if writer is not None:
                 chosen[kind] = self._final(state, top.k)
         nonfinite = None
@@ -296,11 +298,13 @@ class BestWorstSamples(Callback):
             ]
             for i in range(len(state["score"]))
         ]
-        return tile_grid(caption_tiles(fit_size(denormalize(state["image"], mean, std), self.tile_size), captions))
+        # image_mean, image_std: the task module's normalization tuples
+        return tile_grid(caption_tiles(fit_size(denormalize(state["image"], mean, std), self.tile_size), captions))  # type: ignore[arg-type]
 
     def _mask_grid(self, task: Any, state: dict[str, Tensor], pl_module: LightningModule) -> Tensor:
         """Three tiles per sample: the image, the true mask over it and the predicted mask over it (unlabeled pixels gray)."""
-        images = fit_size(denormalize(state["image"], pl_module.image_mean, pl_module.image_std), self.tile_size).cpu()  # type: ignore[arg-type]  # tuples
+        # image_mean, image_std: the task module's normalization tuples
+        images = fit_size(denormalize(state["image"], pl_module.image_mean, pl_module.image_std), self.tile_size).cpu()  # type: ignore[arg-type]
         palette, ignore = getattr(pl_module, "palette", None), task.ignore_index
         tiles, captions = [], []
         for i in range(len(state["score"])):

@@ -56,7 +56,8 @@ class InterruptCheckpoint(Callback):
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if trainer.global_step == 0 or trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by the Trainer's init; nothing trained yet, or a smoke test: keep the error in front
+        # set by the Trainer's init; nothing trained yet, or a smoke test: keep the error in front
+        if trainer.global_step == 0 or trainer.fast_dev_run:  # type: ignore[attr-defined]
             return
         path = self.checkpoint_path(trainer)
         try:

@@ -87,7 +87,7 @@ class SegmentationMaskWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, prediction: Any, batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int
     ) -> None:
-        task = getattr(pl_module, "task", None)
+        task: Any = getattr(pl_module, "task", None)
         if not callable(getattr(task, "predict", None)):
             raise TypeError(f"SegmentationMaskWriter needs a module whose `task.predict(logits)` gives masks; {type(pl_module).__name__} has none.")
         logits = prediction[keys.LOGITS]

@@ -183,7 +183,7 @@ class _OverlapLoss(StatisticsLoss):
     """nn.Module form shared by :class:`DiceLoss`, :class:`JaccardLoss` and :class:`TverskyLoss`."""
 
     sum_allowed_globally = False
-    class_weights: Optional[Tensor]  # a buffer
+    class_weights: Tensor | None  # a buffer
 
     def __init__(
         self,

@@ -146,7 +146,7 @@ class _PixelwiseLoss(StatisticsLoss):
     gamma: float = 0.0
     alpha: Optional[float] = None
     label_smoothing: float = 0.0
-    class_weights: Optional[Tensor]  # a buffer
+    class_weights: Tensor | None  # a buffer
 
     def __init__(
         self,

@@ -124,7 +124,8 @@ class MulticlassTask(MulticlassTargets, SingleLabelTask):
 
     def build_metrics(self) -> MetricCollection:
         n = self.num_classes
-        metrics: dict[str, Metric | MetricCollection] = {"acc": Accuracy(task="multiclass", num_classes=n), "f1": F1Score(task="multiclass", num_classes=n, average="macro")}
+        metrics: dict[str, Metric | MetricCollection]
+        metrics = {"acc": Accuracy(task="multiclass", num_classes=n), "f1": F1Score(task="multiclass", num_classes=n, average="macro")}
         if n >= 5:
             metrics["acc_top5"] = Accuracy(task="multiclass", num_classes=n, top_k=5)
         return MetricCollection(metrics)

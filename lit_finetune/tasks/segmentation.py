@@ -145,7 +145,8 @@ class SegmentationTask(Task):
     # ------------------------------------------------------------------ metrics
     def build_metrics(self) -> MetricCollection:
         n, ignore = self.num_labels, self.ignore_index
-        metrics: dict[str, Metric | MetricCollection] = {"miou": MeanIoU(n, ignore), "dice": MeanDice(n, ignore), "pixel_acc": PixelAccuracy(n, ignore)}
+        metrics: dict[str, Metric | MetricCollection]
+        metrics = {"miou": MeanIoU(n, ignore), "dice": MeanDice(n, ignore), "pixel_acc": PixelAccuracy(n, ignore)}
         if self.binary:  # what users of a binary task read: the foreground's scores (the means above include the background)
             metrics.update(iou_fg=ForegroundIoU(n, ignore), dice_fg=ForegroundDice(n, ignore))
         # One compute group: a single confusion matrix is updated for the three of them.
