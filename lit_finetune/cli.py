@@ -266,7 +266,7 @@ class FinetuneArgumentParser(LightningArgumentParser):
 
     config_paths: list[str] = []
 
-    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+    def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:
             return super().error(message, ex)
         lines = message.strip().splitlines()

@@ -155,8 +155,9 @@ def segmentation_preprocessing_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def task_info(model: nn.Module) -> dict[str, Any]:
     """``task`` and, for segmentation, ``mode``, ``ignore_index`` and ``threshold`` from the model's task object."""
-    task = getattr(model, "task", None)
-    info: dict[str, Any] = {"task": getattr(task, "name", None) or model.hparams.get("task", "multiclass")}
+    task: Any = getattr(model, "task", None)
+    # hparams: those of a LightningModule
+    info: dict[str, Any] = {"task": getattr(task, "name", None) or model.hparams.get("task", "multiclass")}  # type: ignore[operator, union-attr]
     if getattr(task, "dense", False):
         from lit_finetune.data.masks import default_palette
 
@@ -246,7 +247,7 @@ def export_checkpoint(
         side = max(side, MIN_DENSE_EXAMPLE_SIDE)
     example = torch.zeros(2, 3, side, side)
     # Lightning's own switch that lets tracers read `trainer` on a module that has none (as in `to_torchscript`).
-    model._jit_is_scripting = True
+    model._jit_is_scripting = True  # type: ignore[assignment]  # a LightningModule attribute
     logits_model = LogitsModel(model).eval()  # the wrapper too: a new module starts in training mode
     if torchscript:
         files["torchscript"] = str(out / "model.torchscript.pt")

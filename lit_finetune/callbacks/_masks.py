@@ -27,7 +27,8 @@ def shrink_masks(masks: Tensor, size: int) -> Tensor:
 def color_masks(masks: Tensor, palette: Sequence[Sequence[int]] | None, ignore_index: int | None) -> tuple[Tensor, Tensor]:
     """RGB pictures ``(N, 3, H, W)`` in ``[0, 1]`` of class masks, and where the pixels are labeled ``(N, 1, H, W)``."""
     masks = masks.long().cpu()
-    top = int(masks[masks != ignore_index].max()) + 1 if bool((masks != ignore_index).any()) else 1
+    # `masks != None` is a Tensor too (mypy reads a bool)
+    top = int(masks[masks != ignore_index].max()) + 1 if bool((masks != ignore_index).any()) else 1  # type: ignore[attr-defined]
     colors = list(palette) if palette else default_palette(max(top, 2))
     if len(colors) < top:
         colors = colors + default_palette(top)[len(colors):]

@@ -8,7 +8,7 @@ back to the host until the epoch ends.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -121,6 +121,7 @@ class BestWorstSamples(Callback):
         self.tile_size = tile_size
         self.capture_nonfinite = capture_nonfinite
         self._enabled = True
+        self._top: dict[str, dict[str, _RunningTopK]]
         self._top = {stage: {"worst": _RunningTopK(k, largest=True), "best": _RunningTopK(k, largest=False)} for stage in self.stages}
         self._nonfinite: dict[str, dict[str, Tensor] | None] = {stage: None for stage in self.stages}
         self.selected: dict[str, dict[str, list[tuple[int, float]]]] = {}
@@ -183,7 +184,7 @@ class BestWorstSamples(Callback):
         if task.dense:  # masks: keep thumbnails of the true and predicted masks, never full-size logits
             target = outputs[keys.TARGET].detach()
             target = (task.prepare_target(target) if target.ndim > 2 else target).long()
-            predicted = task.predicted_mask(logits)
+            predicted = task.predicted_mask(logits)  # type: ignore[attr-defined]  # a dense task: SegmentationTask
 
             def payload(pos: Tensor) -> dict[str, Tensor]:
                 return {
@@ -251,12 +252,12 @@ class BestWorstSamples(Callback):
         writer = tensorboard_writer(trainer)
         chosen = {}
         for kind, top in self._top[stage].items():
-            state = self._gather(trainer, top.state)  # collective: every rank takes part
+            # Both kinds saw the batches of "worst" (checked above). Collective: every rank takes part.
+            state = self._gather(trainer, cast(dict[str, Tensor], top.state))
             if writer is not None:
                 chosen[kind] = self._final(state, top.k)
         nonfinite = None
-        if self.capture_nonfinite and self._nonfinite[stage] is not None:
-            held = self._nonfinite[stage]
+        if self.capture_nonfinite and (held := self._nonfinite[stage]) is not None:
             gathered = self._gather(trainer, {n: v for n, v in held.items() if n != "taken"})
             taken = self._gather(trainer, {"taken": held["taken"]})["taken"]
             nonfinite = (gathered, taken)
@@ -300,11 +301,13 @@ class BestWorstSamples(Callback):
             ]
             for i in range(len(state["score"]))
         ]
-        return tile_grid(caption_tiles(fit_size(denormalize(state["image"], mean, std), self.tile_size), captions))
+        # image_mean, image_std: the task module's normalization tuples
+        return tile_grid(caption_tiles(fit_size(denormalize(state["image"], mean, std), self.tile_size), captions))  # type: ignore[arg-type]
 
     def _mask_grid(self, task: Any, state: dict[str, Tensor], pl_module: LightningModule) -> Tensor:
         """Three tiles per sample: the image, the true mask over it and the predicted mask over it (unlabeled pixels gray)."""
-        images = fit_size(denormalize(state["image"], pl_module.image_mean, pl_module.image_std), self.tile_size).cpu()
+        # image_mean, image_std: the task module's normalization tuples
+        images = fit_size(denormalize(state["image"], pl_module.image_mean, pl_module.image_std), self.tile_size).cpu()  # type: ignore[arg-type]
         palette, ignore = getattr(pl_module, "palette", None), task.ignore_index
         tiles, captions = [], []
         for i in range(len(state["score"])):

@@ -25,6 +25,8 @@ class ConfidenceHistogram(Metric):
     """Counts of the predicted-class probability in ``bins`` equal bins of ``[0, 1]``, for right and wrong predictions."""
 
     full_state_update = False
+    correct: Tensor  # metric states
+    wrong: Tensor
 
     def __init__(self, bins: int = 20) -> None:
         super().__init__()
@@ -104,11 +106,11 @@ class ValidationReport(Callback):
     # ------------------------------------------------------------------ setup
     def _build(self, task: Task) -> MetricCollection:
         if task.dense:  # segmentation: the pixel confusion matrix only (PR curves over every pixel would cost too much)
-            return MetricCollection({"confusion": task.confusion_metric()})
+            return MetricCollection({"confusion": task.confusion_metric()})  # type: ignore[attr-defined]  # a dense task: SegmentationTask
         args = task.torchmetrics_args()
-        threshold = {"threshold": args.pop("threshold")} if "threshold" in args else {}  # binary: the task's decision
-        per_class = {"average": None} if task.num_outputs > 1 else {}
-        metrics: dict[str, Metric] = {
+        threshold: dict[str, Any] = {"threshold": args.pop("threshold")} if "threshold" in args else {}  # binary: the task's decision
+        per_class: dict[str, Any] = {"average": None} if task.num_outputs > 1 else {}
+        metrics: dict[str, Metric | MetricCollection] = {
             "pr": PrecisionRecallCurve(**args, thresholds=self.num_thresholds),
             "auroc": AUROC(**args, **per_class, thresholds=self.num_thresholds),
             "acc": Accuracy(**args, **per_class, **threshold),
@@ -170,6 +172,7 @@ class ValidationReport(Callback):
             return
         names = self.task.report_names()
         self._log_per_class(writer, step, names, results)
+        assert pr_state is not None  # classification reports always build "pr"
         self._log_pr_curves(writer, step, names, pr_state)
         hist = results["hist"]
         edges = torch.linspace(0, 1, self.histogram_bins + 1)
@@ -182,7 +185,8 @@ class ValidationReport(Callback):
     # ------------------------------------------------------------------ writers
     def _pr_counts(self) -> Tensor:
         """Per threshold and class ``[[TN, FP], [FN, TP]]`` counts, summed over ranks: ``(T, C, 2, 2)``."""
-        metric = self.metrics["pr"]
+        assert self.metrics is not None  # built in setup
+        metric: Any = self.metrics["pr"]  # a thresholded PrecisionRecallCurve: its `confmat` state
         with metric.sync_context():
             confmat = metric.confmat.detach().clone()
         return confmat.reshape(confmat.shape[0], -1, 2, 2).cpu()

@@ -73,7 +73,7 @@ class DataTiming(Callback):
         self._last_end = end
         self._batches += 1
         self._samples += _batch_size(outputs, batch)
-        if self._batches >= (self.every_n_steps or trainer.log_every_n_steps):
+        if self._batches >= (self.every_n_steps or trainer.log_every_n_steps):  # type: ignore[attr-defined]  # set by the logger connector
             self._log(trainer)
 
     def _log(self, trainer: Trainer) -> None:

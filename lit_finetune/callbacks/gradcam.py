@@ -278,7 +278,8 @@ class GradCAM(Callback):
 
     def _grid(self, pl_module: LightningModule, images: Tensor, heatmaps: Tensor, targets: Tensor, pred: Tensor, prob: Tensor) -> Tensor:
         task = task_of(pl_module, type(self).__name__)
-        pictures = denormalize(images.float().cpu(), pl_module.image_mean, pl_module.image_std)
+        # image_mean, image_std: the task module's normalization tuples
+        pictures = denormalize(images.float().cpu(), pl_module.image_mean, pl_module.image_std)  # type: ignore[arg-type]
         overlay = (1 - self.alpha) * pictures + self.alpha * colorize(heatmaps)
         prediction = self._last_prediction
         captions = [[f"true {task.target_text(targets[i])}", f"pred {task.prediction_text(prediction, i)}"] for i in range(len(images))]

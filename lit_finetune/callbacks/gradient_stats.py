@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict, deque
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -96,7 +96,7 @@ class GradientStats(Callback):
 
     # ------------------------------------------------------------------ intervals
     def _interval(self, trainer: Trainer) -> int:
-        return self.every_n_steps or trainer.log_every_n_steps
+        return self.every_n_steps or trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by the Trainer's logger connector
 
     def _histogram_interval(self, trainer: Trainer) -> int:
         if self.histogram_every_n_steps is None:
@@ -112,7 +112,7 @@ class GradientStats(Callback):
         layers = layer_parameters(pl_module)
         if not layers:
             return
-        grads = [p.grad for _, params in layers for p in params]
+        grads = [cast(Tensor, p.grad) for _, params in layers for p in params]  # layer_parameters keeps those with a gradient
         stats = gradient_stats(layers)
         weights = [p.detach() for _, params in layers for p in params]
         self._pending = {
@@ -213,7 +213,7 @@ def layer_parameters(module: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
 def gradient_stats(layers: list[tuple[str, list[nn.Parameter]]]) -> Tensor:
     """``(L, 5)`` float32 table on the device: gradient min, mean, max, L2 norm and weight L2 norm per layer."""
     params = [p for _, ps in layers for p in ps]
-    grads = [p.grad for p in params]
+    grads = [cast(Tensor, p.grad) for p in params]  # layer_parameters keeps those with a gradient
     owner = torch.tensor([i for i, (_, ps) in enumerate(layers) for _ in ps], device=grads[0].device)
     numel = torch.tensor([p.numel() for p in params], device=grads[0].device, dtype=torch.float32)
     n = len(layers)

@@ -67,8 +67,9 @@ class HParamsSummary(Callback):
         if writer is None:
             return
         params = dict(pl_module.hparams)
-        if trainer.datamodule is not None and getattr(trainer.datamodule, "hparams", None):
-            params["data"] = dict(trainer.datamodule.hparams)
+        datamodule = getattr(trainer, "datamodule", None)  # set by the data connector
+        if datamodule is not None and getattr(datamodule, "hparams", None):
+            params["data"] = dict(datamodule.hparams)
         metrics = self._final_metrics(trainer)
         step = trainer.global_step
         for name, value in metrics.items():

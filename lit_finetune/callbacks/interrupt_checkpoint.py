@@ -58,7 +58,8 @@ class InterruptCheckpoint(Callback):
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if trainer.global_step == 0 or trainer.fast_dev_run:  # nothing trained yet, or a smoke test: keep the error in front
+        # Nothing trained yet, or a smoke test: keep the error in front (fast_dev_run: an untyped Trainer attribute).
+        if trainer.global_step == 0 or trainer.fast_dev_run:  # type: ignore[attr-defined]
             return
         path = self.checkpoint_path(trainer)
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ class SegmentationMaskWriter(BasePredictionWriter):
     def _palette(self, trainer: Trainer, pl_module: LightningModule, channels: int) -> list[tuple[int, int, int]]:
         for palette in (self.palette, getattr(pl_module, "palette", None), getattr(getattr(trainer, "datamodule", None), "palette", None)):
             if palette:
-                return [tuple(int(v) for v in color) for color in palette]
+                return cast(list[tuple[int, int, int]], [tuple(int(v) for v in color) for color in palette])
         return default_palette(max(channels, 2))
 
     def _name(self, path: str, index: int) -> str:
@@ -87,7 +87,7 @@ class SegmentationMaskWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, prediction: Any, batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int
     ) -> None:
-        task = getattr(pl_module, "task", None)
+        task: Any = getattr(pl_module, "task", None)
         if not callable(getattr(task, "predict", None)):
             raise TypeError(f"SegmentationMaskWriter needs a module whose `task.predict(logits)` gives masks; {type(pl_module).__name__} has none.")
         logits = prediction[keys.LOGITS]

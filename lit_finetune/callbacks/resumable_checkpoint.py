@@ -105,7 +105,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             self.save_last
             and trainer.state.fn == TrainerFn.FITTING
             and not trainer.sanity_checking
-            and not trainer.fast_dev_run
+            and not trainer.fast_dev_run  # type: ignore[attr-defined]  # set by the Trainer's init
             and self._last_saved_step != trainer.global_step
         ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -116,7 +116,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning's hook writes `last.ckpt` at the end of any run, also with `fast_dev_run` (whose logger is a
         # dummy, so the file lands in `<working folder>/checkpoints/`); a smoke test writes no checkpoint.
-        if trainer.fast_dev_run:
+        if trainer.fast_dev_run:  # type: ignore[attr-defined]  # set by the Trainer's init
             return
         super().on_train_end(trainer, pl_module)
 

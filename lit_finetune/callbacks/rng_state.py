@@ -20,11 +20,11 @@ from typing_extensions import override
 
 def collect_rng_states() -> dict[str, Any]:
     """The states of ``torch`` (CPU and CUDA), ``numpy`` and ``random`` as plain data (loadable with ``weights_only=True``)."""
-    kind, key, pos, has_gauss, cached = np.random.get_state()
+    kind, key, pos, has_gauss, cached = np.random.get_state()  # the legacy tuple (a dict only with legacy=False)
     version, python_state, gauss = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},  # type: ignore[attr-defined]
         "python": {"version": version, "state": list(python_state), "gauss": gauss},
     }
     if torch.cuda.is_available():

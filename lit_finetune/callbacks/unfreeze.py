@@ -179,7 +179,7 @@ class UnfreezeSchedule(BaseFinetuning):
         modules = dict(backbone.named_modules())
         for index in range(len(stages)):
             names = set(stages[index])
-            norms = [m for name, m in modules.items() if isinstance(m, _BatchNorm) and f"{name}.weight" in names]
+            norms: list[nn.Module] = [m for name, m in modules.items() if isinstance(m, _BatchNorm) and f"{name}.weight" in names]
             kept = {id(p) for m in norms for p in m.parameters()} if self.train_bn else set()
             self._stage_params[index] = [p for n, p in backbone.named_parameters() if n in names and id(p) not in kept]
             self._stage_members[index] = {id(p) for n, p in backbone.named_parameters() if n in names}

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -70,6 +71,7 @@ class FolderDataModule(LightningDataModule, ABC):
                 return [(str(path), None) for path in images]
     """
 
+    hparams: AttributeDict  # what save_hyperparameters stores (the base property says MutableMapping)
     TEST_LAYOUT = "test/<class>/<images>"
     """What the error for ``test`` without a test split asks to add under ``root``."""
 
@@ -84,7 +86,7 @@ class FolderDataModule(LightningDataModule, ABC):
         """Resolve the loader options: ``num_workers: auto``, ``pin_memory: None`` (CUDA available),
         ``persistent_workers`` (only with workers), ``predict_root`` as a path (checked by :meth:`_check_predict_root`)."""
         self.batch_size = batch_size
-        self.num_workers = auto_num_workers() if num_workers == "auto" else num_workers
+        self.num_workers = auto_num_workers() if num_workers == "auto" else cast(int, num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.predict_root = Path(predict_root) if predict_root else None
@@ -157,8 +159,9 @@ class FolderDataModule(LightningDataModule, ABC):
         trainer = self.trainer
         if trainer is None or trainer.world_size <= 1:
             return None
-        if len(dataset) < trainer.world_size:
-            raise ValueError(f"{len(dataset)} evaluation images for {trainer.world_size} processes: every process needs at least one.")
+        size = len(cast(Sized, dataset))  # map-style datasets have a length
+        if size < trainer.world_size:
+            raise ValueError(f"{size} evaluation images for {trainer.world_size} processes: every process needs at least one.")
         return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
 
     def _workers(self) -> int:

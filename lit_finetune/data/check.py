@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from lit_finetune.data.folder import list_images, load_rgb
 
@@ -56,7 +56,7 @@ def scan_once(scan: Callable[[], R], trainer: Trainer | None = None) -> R:
     """
     if trainer is None or trainer.world_size <= 1:
         return scan()
-    return trainer.strategy.broadcast(scan() if trainer.global_rank == 0 else None, src=0)
+    return cast(R, trainer.strategy.broadcast(scan() if trainer.global_rank == 0 else None, src=0))  # rank 0 sends its result
 
 
 def format_problems(title: str, lines: Sequence[str], limit: int = 20) -> str:
@@ -103,7 +103,7 @@ def find_bad_images(paths: Iterable[str | Path], num_threads: int | None = None)
     """
     paths = [str(p) for p in paths]
     reasons = map_in_threads(check_image, paths, num_threads, chunksize=64)
-    return [BadImage(p, r) for p, r in zip(paths, reasons) if r is not None]
+    return [BadImage(str(p), r) for p, r in zip(paths, reasons) if r is not None]
 
 
 def find_bad_images_once(paths: Sequence[str | Path], trainer: Trainer | None = None) -> list[BadImage]:

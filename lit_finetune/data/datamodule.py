@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
@@ -244,7 +244,7 @@ class ClassificationDataModule(FolderDataModule):
                     "`train_augment: false` trains on the evaluation pipeline (deterministic inputs): it cannot take an `augment` "
                     "preset, `random_erasing` or mixing. Set `train_augment: true` to use them."
                 )
-            return self.eval_transform
+            return cast(nn.Module, self.eval_transform)  # a transforms pipeline module
         return tfm.train_transform(self.preprocessing, h.crop_scale, h.hflip, h.augment, h.random_erasing)
 
     def _describe_balance(self) -> None:
@@ -301,7 +301,7 @@ class ClassificationDataModule(FolderDataModule):
         """The balanced sampler over the training set (after unreadable files were dropped), or None: shuffle."""
         if self.hparams.sampler != "balanced":
             return None
-        return BalancedSampler(balanced_weights(self.train_set.targets, self.task_type))
+        return BalancedSampler(balanced_weights(self.train_set.targets, self.task_type))  # type: ignore[attr-defined]  # an ImageDataset
 
 
 ImageFolderDataModule = ClassificationDataModule

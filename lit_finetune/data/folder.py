@@ -113,7 +113,7 @@ class ImageDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         if not isinstance(target, int):
-            target = torch.tensor(target, dtype=torch.float32)
+            target = torch.tensor(target, dtype=torch.float32)  # type: ignore[assignment]  # soft or multi-hot targets as tensors
         return {keys.IMAGE: image, keys.TARGET: target, keys.INDEX: index, keys.PATH: path}
 
     @property

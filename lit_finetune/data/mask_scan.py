@@ -71,7 +71,7 @@ def cached_scan(pairs: Sequence[tuple[str, str]], cache: str | Path | None, num_
     for key, signature in zip(keys, signatures):
         entry = stored.get(key)
         fresh = entry is not None and entry["signature"] == signature
-        infos.append(MaskInfo(key.split("|", 1)[1], tuple(entry["values"]), tuple(entry["counts"])) if fresh else None)
+        infos.append(MaskInfo(key.split("|", 1)[1], tuple(entry["values"]), tuple(entry["counts"])) if fresh and entry is not None else None)
     todo = [i for i, info in enumerate(infos) if info is None]
     for i, info in zip(todo, map_in_threads(inspect_decoded, [pairs[i] for i in todo], num_threads, chunksize=32)):
         infos[i] = info

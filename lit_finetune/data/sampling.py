@@ -106,7 +106,8 @@ class BalancedSampler(WeightedRandomSampler):
 
     def __init__(self, weights: Tensor | Sequence[float], num_samples: int | None = None, seed: int | None = None) -> None:
         weights = torch.as_tensor(weights, dtype=torch.float64)
-        super().__init__(weights, num_samples if num_samples is not None else len(weights), replacement=True)
+        # WeightedRandomSampler takes a tensor too
+        super().__init__(weights, num_samples if num_samples is not None else len(weights), replacement=True)  # type: ignore[arg-type]
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else int(seed)
         self.epoch = 0
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
@@ -308,7 +308,7 @@ class SegmentationDataModule(FolderDataModule):
         if palette is not None:
             if len(palette) != self.num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette):
                 raise ValueError(f"`data.palette` needs {self.num_classes} RGB colours (0-255 each), one per class; got {palette}.")
-            return [tuple(int(v) for v in c) for c in palette]
+            return cast(list[Color], [tuple(int(v) for v in c) for c in palette])  # three values each, checked above
         return read_palette(self.train_pairs[0][1], self.num_classes) or default_palette(self.num_classes)
 
     def validate_masks(self) -> None:

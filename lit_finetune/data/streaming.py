@@ -77,9 +77,10 @@ class ShardDataModule(FolderDataModule):
     KIND = ""
     """The ``kind`` of shards the module reads (``lit_finetune.json``)."""
 
-    train_set: StreamingDataset | None
-    val_set: StreamingDataset | None
-    test_set: StreamingDataset | None
+    # The base types its splits as map-style `Dataset`s; these are litdata's (None before `setup`).
+    train_set: StreamingDataset | None  # type: ignore[assignment]
+    val_set: StreamingDataset | None  # type: ignore[assignment]
+    test_set: StreamingDataset | None  # type: ignore[assignment]
 
     def _read_shards(
         self, input_dir: str, task: str | None, cache_dir: str | None, storage_options: dict[str, Any] | None, seed: int, decoder: str
@@ -163,7 +164,7 @@ class ShardDataModule(FolderDataModule):
 
                 self.predict_set = self._dataset(self._predict_items(list_images(self.predict_root)), self.eval_transform)
             else:
-                self.predict_set = self.val_set
+                self.predict_set = self.val_set  # type: ignore[assignment]  # the streamed validation split
 
     def _stream_loader(self, dataset: StreamingDataset, batch_size: int, collate_fn: Callable | None) -> StreamingDataLoader:
         workers = self._workers()

@@ -15,9 +15,10 @@ from PIL import Image
 def read_palette(path: str | Path, num_colors: int) -> list[tuple[int, int, int]] | None:
     """The first ``num_colors`` RGB colours of a palette PNG, or None when the file has no palette."""
     with Image.open(path) as img:
-        if img.mode != "P" or img.getpalette() is None:
+        palette = img.getpalette()
+        if img.mode != "P" or palette is None:
             return None
-        flat = img.getpalette()[: 3 * num_colors]
+        flat = palette[: 3 * num_colors]
     colors = [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
     return colors + default_palette(num_colors)[len(colors) :]
 

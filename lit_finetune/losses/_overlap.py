@@ -135,8 +135,9 @@ def _overlap_sample_loss(
     elif empty_target == "zero":
         loss = torch.where(target_sum > 0, loss, 0.0)
     weights = counted.to(loss.dtype)
-    if class_weights is not None:
-        weights = weights * _resolve_class_weights(class_weights, loss.shape[1], loss)
+    resolved = _resolve_class_weights(class_weights, loss.shape[1], loss)
+    if resolved is not None:
+        weights = weights * resolved
     total = weights.sum(dim=1)
     return _safe_divide((loss * weights).sum(dim=1), total), (total > 0).to(loss.dtype)
 
@@ -182,6 +183,7 @@ class _OverlapLoss(StatisticsLoss):
     """nn.Module form shared by :class:`DiceLoss`, :class:`JaccardLoss` and :class:`TverskyLoss`."""
 
     sum_allowed_globally = False
+    class_weights: Tensor | None  # a buffer
 
     def __init__(
         self,

@@ -146,6 +146,7 @@ class _PixelwiseLoss(StatisticsLoss):
     gamma: float = 0.0
     alpha: Optional[float] = None
     label_smoothing: float = 0.0
+    class_weights: Tensor | None  # a buffer
 
     def __init__(
         self,

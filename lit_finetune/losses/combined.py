@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, cast
 
 import torch
 from torch import Tensor
@@ -66,12 +66,13 @@ class _CrossEntropyDiceLoss(StatisticsLoss):
         return stats
 
     def sample_loss(self, stats: Statistics) -> tuple[Tensor, Tensor]:
-        total, counted = 0.0, 0.0
+        total: Tensor | float = 0.0
+        counted: Tensor | float = 0.0
         for prefix, loss, weight in self._terms():
             losses, weights = loss.sample_loss(self._split(stats, prefix))
             total = total + weight * losses * weights
             counted = torch.maximum(torch.as_tensor(counted, dtype=weights.dtype), weights)
-        return total, counted
+        return cast(Tensor, total), cast(Tensor, counted)  # the loss has terms: both are tensors now
 
     def epoch_statistics(self, stats: Statistics) -> Statistics:
         epoch: Statistics = {}
@@ -80,7 +81,7 @@ class _CrossEntropyDiceLoss(StatisticsLoss):
         return epoch
 
     def loss_from_epoch_statistics(self, epoch: Statistics) -> Tensor:
-        return sum(weight * loss.loss_from_epoch_statistics(self._split(epoch, prefix)) for prefix, loss, weight in self._terms())
+        return cast(Tensor, sum(weight * loss.loss_from_epoch_statistics(self._split(epoch, prefix)) for prefix, loss, weight in self._terms()))
 
     def epoch_statistics_defaults(self) -> Statistics:
         defaults: Statistics = {}
@@ -91,10 +92,10 @@ class _CrossEntropyDiceLoss(StatisticsLoss):
     def forward(self, preds: Tensor, target: Tensor) -> Tensor:
         """Compute ``ce_weight * CE + dice_weight * Dice`` with the configured ``reduction``."""
         stats = self.sample_statistics(preds, target)
-        return sum(
+        return cast(Tensor, sum(
             weight * _reduce(self._split(stats, prefix), loss.sample_loss, self.aggregation, self.reduction, loss.global_sum)
             for prefix, loss, weight in self._terms()
-        )
+        ))
 
 
 class BCEDiceLoss(_CrossEntropyDiceLoss):

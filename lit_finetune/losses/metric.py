@@ -71,7 +71,7 @@ class LossMetric(Metric):
         self.sample_loss: Optional[Tensor] = None
         self._batch: Optional[Statistics] = None
 
-    def forward(self, preds: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, preds: Tensor, target: Tensor) -> Tensor:
         """Return the differentiable mean loss of the batch and add the batch to the states."""
         if isinstance(self.loss, StatisticsLoss):
             stats = self.loss.sample_statistics(preds, target)
@@ -86,7 +86,7 @@ class LossMetric(Metric):
             self.update(preds, target)
         finally:
             self._batch = None
-        self._forward_cache = batch_loss.detach()
+        self._forward_cache = batch_loss.detach()  # type: ignore[assignment]  # torchmetrics starts it as an unannotated None
         return batch_loss
 
     def update(self, preds: Tensor, target: Tensor) -> None:

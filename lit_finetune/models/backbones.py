@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torchvision
 from lightning.pytorch.utilities import rank_zero_info
@@ -59,7 +59,7 @@ def check_backbone_name(name: str) -> None:
     raise ValueError(f"Unknown backbone '{name}'. {hint} ({len(names)} torchvision classification models are available.)")
 
 
-def is_weights_file(weights: str | None) -> bool:
+def is_weights_file(weights: str | None) -> TypeGuard[str]:
     """True when ``weights`` names a local file rather than a torchvision weights enum member."""
     return weights is not None and (Path(weights).suffix in {".pth", ".pt", ".ckpt", ".bin", ".safetensors"} or Path(weights).exists())
 

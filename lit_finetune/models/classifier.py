@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -58,8 +58,8 @@ class ClassifierNetwork(BackboneHeadNetwork):
     def compile_parts(self, backend: str = "inductor") -> None:
         """Compile the backbone and the head with ``torch.compile(backend=backend)`` (used in :meth:`compiled_calls`)."""
         self._compiled_parts = {
-            "backbone": torch.compile(self.backbone, backend=backend),
-            "head": torch.compile(self.head, backend=backend),
+            "backbone": cast(nn.Module, torch.compile(self.backbone, backend=backend)),  # an OptimizedModule
+            "head": cast(nn.Module, torch.compile(self.head, backend=backend)),
         }
 
     @contextmanager

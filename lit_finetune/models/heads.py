@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -77,7 +78,7 @@ def find_final_layer(model: nn.Module) -> tuple[str, nn.Module]:
 
 def feature_size(layer: nn.Module) -> int:
     """Input width of a final Linear or 1x1 Conv2d layer."""
-    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+    return cast(int, layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels)
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

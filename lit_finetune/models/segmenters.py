@@ -82,7 +82,7 @@ def _final_convs(model: nn.Module, num_classes: int) -> list[str]:
 
 
 def _replace_conv(model: nn.Module, name: str, out_channels: int) -> None:
-    old = model.get_submodule(name)
+    old: Any = model.get_submodule(name)  # a final Conv2d (its kernel_size and stride are typed tuple[int, ...])
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, nn.Conv2d(old.in_channels, out_channels, old.kernel_size, old.stride))
 
@@ -111,6 +111,8 @@ class TorchvisionSegmenter(BackboneHeadNetwork):
         net = TorchvisionSegmenter("lraspp_mobilenet_v3_large", num_classes=3)
         net(torch.randn(1, 3, 64, 64))["logits"].shape  # (1, 3, 64, 64)
     """
+
+    head: nn.ModuleDict  # "classifier" and, where the model has one, "aux_classifier"
 
     def __init__(
         self,
@@ -336,7 +338,8 @@ class EncoderDecoderSegmenter(BackboneHeadNetwork):
         self.backbone = create_feature_extractor(model, {name: str(i) for i, (name, _, _) in enumerate(nodes)})
         kept = {name for name, _ in self.backbone.named_parameters()}
         # The traced encoder keeps the classifier's parameter names: its stages are the classifier's (see _traced_stages).
-        self.backbone.stage_names = [kept_stage for stage in stages if (kept_stage := [name for name in stage if name in kept])]
+        # stage_names: read by backbone_stages
+        self.backbone.stage_names = [kept_stage for stage in stages if (kept_stage := [name for name in stage if name in kept])]  # type: ignore[assignment]
         self.head = UNetDecoder([channels for _, _, channels in nodes], decoder_channels, num_classes, decoder_dropout)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:

@@ -13,11 +13,13 @@ Stages without parameters are dropped, so every stage holds at least one paramet
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torchvision.models as tvm
 from torch import nn
 
 StageRule = Callable[[nn.Module], list[list[str]]]
+# The rules take `Any`: each reads the attributes (`features`, `encoder.layers`...) of its own torchvision class.
 
 _STAGE_RULES: dict[type[nn.Module], StageRule] = {}
 
@@ -63,7 +65,7 @@ def _resnet_stages(model: nn.Module) -> list[list[str]]:
 
 
 @register_stages(tvm.RegNet)
-def _regnet_stages(model: nn.Module) -> list[list[str]]:
+def _regnet_stages(model: Any) -> list[list[str]]:
     return [["stem"], *([name] for name in _children(model.trunk_output, "trunk_output")), ["fc"]]
 
 
@@ -86,12 +88,12 @@ def _inception_stages(model: nn.Module) -> list[list[str]]:
 
 
 @register_stages(tvm.AlexNet, tvm.VGG, tvm.SqueezeNet)
-def _pooling_stages(model: nn.Module) -> list[list[str]]:
+def _pooling_stages(model: Any) -> list[list[str]]:
     return [*_split_at_pooling(model.features, "features"), ["classifier"]]
 
 
 @register_stages(tvm.DenseNet)
-def _densenet_stages(model: nn.Module) -> list[list[str]]:
+def _densenet_stages(model: Any) -> list[list[str]]:
     stages: list[list[str]] = [[]]
     for name in _children(model.features, "features"):
         if ".denseblock" in name:
@@ -101,12 +103,12 @@ def _densenet_stages(model: nn.Module) -> list[list[str]]:
 
 
 @register_stages(tvm.MobileNetV2, tvm.MobileNetV3, tvm.EfficientNet)
-def _features_stages(model: nn.Module) -> list[list[str]]:
+def _features_stages(model: Any) -> list[list[str]]:
     return [*([name] for name in _children(model.features, "features")), ["classifier"]]
 
 
 @register_stages(tvm.MNASNet)
-def _mnasnet_stages(model: nn.Module) -> list[list[str]]:
+def _mnasnet_stages(model: Any) -> list[list[str]]:
     stages: list[list[str]] = [[]]
     for name, layer in model.layers.named_children():
         if isinstance(layer, nn.Sequential):  # a stack of inverted residual blocks
@@ -117,7 +119,7 @@ def _mnasnet_stages(model: nn.Module) -> list[list[str]]:
 
 
 @register_stages(tvm.ConvNeXt)
-def _convnext_stages(model: nn.Module) -> list[list[str]]:
+def _convnext_stages(model: Any) -> list[list[str]]:
     names = _children(model.features, "features")
     stages = [names[i : i + 2] for i in range(0, len(names), 2)]  # (stem or downsampling, blocks)
     stages[-1].append("classifier")  # its remaining LayerNorm2d normalizes the last stage's output
@@ -125,20 +127,20 @@ def _convnext_stages(model: nn.Module) -> list[list[str]]:
 
 
 @register_stages(tvm.VisionTransformer)
-def _vit_stages(model: nn.Module) -> list[list[str]]:
+def _vit_stages(model: Any) -> list[list[str]]:
     embedding = ["conv_proj", "class_token", "encoder.pos_embedding"]
     return [embedding, *([name] for name in _children(model.encoder.layers, "encoder.layers")), ["encoder.ln", "heads"]]
 
 
 @register_stages(tvm.SwinTransformer)
-def _swin_stages(model: nn.Module) -> list[list[str]]:
+def _swin_stages(model: Any) -> list[list[str]]:
     stages = [[name] for name in _children(model.features, "features")]
     stages[-1] += ["norm", "head"]
     return stages
 
 
 @register_stages(tvm.MaxVit)
-def _maxvit_stages(model: nn.Module) -> list[list[str]]:
+def _maxvit_stages(model: Any) -> list[list[str]]:
     return [["stem"], *([name] for name in _children(model.blocks, "blocks")), ["classifier"]]
 
 

@@ -74,6 +74,7 @@ class FeatureCache:
         Raises:
             RuntimeError: If they differ: the transforms are random or the backbone changed.
         """
+        assert self.features is not None  # checked samples are cached
         cached = self.features[index]
         if not torch.allclose(cached.float(), features.float(), rtol=rtol, atol=atol):
             worst = (cached.float() - features.float()).abs().max().item()

@@ -150,7 +150,7 @@ def release_eval(modules: Iterable[nn.Module]) -> None:
     """Undo :func:`hold_eval`."""
     for module in modules:
         for key in _eval_hooks(module):
-            owner = module._forward_pre_hooks.pop(key).__self__
+            owner = module._forward_pre_hooks.pop(key).__self__  # type: ignore[attr-defined]  # the bound method hold_eval registered
             for post_key, hook in list(module._forward_hooks.items()):
                 if getattr(hook, "__self__", None) is owner:
                     module._forward_hooks.pop(post_key)

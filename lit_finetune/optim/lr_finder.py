@@ -56,7 +56,7 @@ def suggest_lr(
     if finder is None:
         return None
     if plot_path is not None:
-        finder.plot(suggest=True).savefig(plot_path)
+        finder.plot(suggest=True).savefig(plot_path)  # type: ignore[union-attr]  # a Figure when no `ax` is given
     suggestion = finder.suggestion()
     log.info("LR finder suggests %s = %s", attr_name, suggestion)
     return suggestion

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import AUROC, Accuracy, F1Score, MetricCollection
+from torchmetrics import AUROC, Accuracy, F1Score, Metric, MetricCollection
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelExactMatch
 from torchmetrics.wrappers import ClasswiseWrapper
 
@@ -124,6 +124,7 @@ class MulticlassTask(MulticlassTargets, SingleLabelTask):
 
     def build_metrics(self) -> MetricCollection:
         n = self.num_classes
+        metrics: dict[str, Metric | MetricCollection]
         metrics = {"acc": Accuracy(task="multiclass", num_classes=n), "f1": F1Score(task="multiclass", num_classes=n, average="macro")}
         if n >= 5:
             metrics["acc_top5"] = Accuracy(task="multiclass", num_classes=n, top_k=5)
@@ -352,6 +353,7 @@ class MultilabelTask(MultilabelTargets, Task):
         return "+".join(self.class_label(i) for i in positives) or "-"
 
     def prediction_text(self, prediction: Prediction, i: int) -> str:
+        assert prediction.labels is not None  # multilabel predictions carry their labels
         chosen = prediction.labels[i].nonzero().flatten().tolist()
         if not chosen:
             return f"- (top {self.class_label(int(prediction.pred[i]))} {float(prediction.prob[i]):.2f})"
@@ -361,6 +363,7 @@ class MultilabelTask(MultilabelTargets, Task):
         return ["labels", "probabilities", "top_class", "top_probability"]
 
     def prediction_row(self, prediction: Prediction, i: int) -> list[Any]:
+        assert prediction.labels is not None  # multilabel predictions carry their labels
         chosen = prediction.labels[i].nonzero().flatten().tolist()
         return [
             " ".join(self.class_label(c) for c in chosen),
@@ -400,4 +403,4 @@ def task_type(name: str) -> type[ClassificationTargets]:
     """
     if name not in TASKS:
         raise ValueError(f"Unknown task '{name}'; choose multiclass, multilabel or binary.")
-    return TASKS[name]
+    return cast(type[ClassificationTargets], TASKS[name])  # each of them is also a ClassificationTargets

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from lit_finetune.losses import BCEDiceLoss, CEDiceLoss
@@ -145,6 +145,7 @@ class SegmentationTask(Task):
     # ------------------------------------------------------------------ metrics
     def build_metrics(self) -> MetricCollection:
         n, ignore = self.num_labels, self.ignore_index
+        metrics: dict[str, Metric | MetricCollection]
         metrics = {"miou": MeanIoU(n, ignore), "dice": MeanDice(n, ignore), "pixel_acc": PixelAccuracy(n, ignore)}
         if self.binary:  # what users of a binary task read: the foreground's scores (the means above include the background)
             metrics.update(iou_fg=ForegroundIoU(n, ignore), dice_fg=ForegroundDice(n, ignore))

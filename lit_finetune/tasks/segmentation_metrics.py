@@ -87,6 +87,7 @@ class PixelConfusionMatrix(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = True
+    confmat: Tensor  # a metric state
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
         super().__init__()
