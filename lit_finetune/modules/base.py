@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -23,6 +24,7 @@ from typing_extensions import final, override
 
 from lit_finetune import keys
 from lit_finetune.losses import LossMetric
+from lit_finetune.models.network import BackboneHeadNetwork
 from lit_finetune.models.stages import backbone_layers, backbone_stages
 from lit_finetune.modules.epoch_metrics import (
     epoch_loss_metric,
@@ -90,10 +92,11 @@ class TaskLightningModule(LightningModule):
                 return self.network(images)
     """
 
+    hparams: AttributeDict  # what save_hyperparameters stores (the base property says MutableMapping)
     task: Task
     backbone: nn.Module
     head: nn.Module
-    network: nn.Module
+    network: BackboneHeadNetwork
 
     def __init__(
         self,
@@ -121,7 +124,7 @@ class TaskLightningModule(LightningModule):
 
         # backbone and head first: parameter and module names are those of their first registration.
         self.backbone, self.head = cast(nn.Module, network.backbone), cast(nn.Module, network.head)
-        self.network = network
+        self.network = cast(BackboneHeadNetwork, network)
         self.register_state_dict_post_hook(_drop_network_entries)
         self.register_load_state_dict_pre_hook(_fill_network_entries)
         if options.channels_last:  # before the optimizer and any DDP wrapping see the parameters
@@ -205,7 +208,7 @@ class TaskLightningModule(LightningModule):
 
     def backbone_is_frozen(self) -> bool:
         """True when no backbone parameter requires a gradient: the backbone then runs in eval mode under ``no_grad``."""
-        return bool(self.network.backbone_is_frozen())  # type: ignore[operator]
+        return bool(self.network.backbone_is_frozen())
 
     def prepare_target(self, target: Tensor) -> Tensor:
         """Targets as the loss expects them (the task checks them and says what is wrong)."""
@@ -283,8 +286,8 @@ class TaskLightningModule(LightningModule):
         if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
             # The schedule spans the whole run: optimizer steps (interval "step") or epochs.
             steps = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
-            scheduler.total_steps = int(steps)
-        config = {"scheduler": scheduler, "interval": interval}
+            scheduler.total_steps = int(steps)  # type: ignore[arg-type]  # max_epochs None still raises here, as before
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.options.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}

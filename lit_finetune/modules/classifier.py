@@ -154,6 +154,8 @@ class FinetuneClassifier(TaskLightningModule):
         out["logits"].shape, out["features"].shape  # (4, 2), (4, 512)
     """
 
+    network: ClassifierNetwork
+
     def __init__(
         self,
         num_classes: int,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -214,7 +214,7 @@ class SegmentationModule(TaskLightningModule):
         )
         self.weights = weights
         self._weights_pending = weights_pending
-        self.palette: Palette | None = [tuple(int(v) for v in color) for color in palette] if palette is not None else None
+        self.palette: Palette | None = cast(Palette, [tuple(int(v) for v in color) for color in palette]) if palette is not None else None
 
     # ------------------------------------------------------------------ override points
     def build_network(self, spec: SegmenterSpec) -> nn.Module:
@@ -266,7 +266,7 @@ class SegmentationModule(TaskLightningModule):
             self._count_pixels(datamodule)
         palette = getattr(datamodule, "palette", None)
         if self.palette is None and palette:
-            self.palette = [tuple(int(v) for v in color) for color in palette]
+            self.palette = cast(Palette, [tuple(int(v) for v in color) for color in palette])
             given = getattr(datamodule, "hparams", {}).get("palette")
             if given is not None and self.hparams.get("palette") is None:
                 # Loggers merge the model's and the data's hyperparameters and refuse two values of one name;
@@ -313,5 +313,5 @@ class SegmentationModule(TaskLightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("palette") and self.palette is None:
-            self.palette = [tuple(int(v) for v in color) for color in checkpoint["palette"]]
+            self.palette = cast(Palette, [tuple(int(v) for v in color) for color in checkpoint["palette"]])
         super().on_load_checkpoint(checkpoint)
