@@ -85,6 +85,6 @@ def print_ratio(names: tuple[str, str], rates: dict[str, list[float]], unit: str
     width = max(len(first), len(second))
     for name in names:
         print(f"{name:<{width}}: {unit} {spread(rates[name])}")
-    ratios = [a / b for a, b in zip(rates[first], rates[second])]
+    ratios = [a / b for a, b in zip(rates[first], rates[second], strict=False)]
     print(f"ratio per round ({first} / {second}): " + ", ".join(f"{r:.3f}" for r in ratios) + f"  [{spread(ratios).strip()}]")
     print(f"ratio: {statistics.median(ratios):.3f}")

@@ -24,14 +24,11 @@ import time
 from functools import partial
 
 import torch
+from _timing import RandomImages
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader
 
-from lit_finetune import keys
 from lit_finetune.modules.classifier import FinetuneClassifier
-from _timing import RandomImages
-
-
 
 
 class EpochTimer(Callback):
@@ -84,8 +81,15 @@ def run(mode: str, args: argparse.Namespace) -> tuple[float, float]:
     data = DataLoader(RandomImages(args.num_images, args.image_size, args.num_classes), batch_size=args.batch_size, shuffle=True)
     timer = EpochTimer()
     trainer = Trainer(
-        max_epochs=args.epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+        max_epochs=args.epochs,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

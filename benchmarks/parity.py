@@ -35,7 +35,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from torch.utils.data import DataLoader
 
-from lit_finetune import FinetuneClassifier, ClassificationDataModule, keys
+from lit_finetune import ClassificationDataModule, FinetuneClassifier, keys
 
 warnings.filterwarnings("ignore")
 ARMS = ("FinetuneClassifier + Trainer", "plain loop")
@@ -99,7 +99,10 @@ def main() -> None:
     loader, num_classes = make_loader(args)
     n_images = len(loader) * args.batch_size if args.data == "random" else len(loader.dataset)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    optimizer = lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)
+
+    def optimizer(p):
+        return torch.optim.SGD(p, lr=0.01, momentum=0.9)
+
     torch.manual_seed(0)
     ours = FinetuneClassifier(num_classes=num_classes, backbone=args.backbone, optimizer=optimizer)
     torch.manual_seed(0)

@@ -232,7 +232,7 @@ def run_seeds_in_parallel(argv: list[str], seeds: list[int], arms: list[str], jo
         if a not in ("--seeds", "--jobs", "--json", "--cache") and (i == 0 or argv[i - 1] not in ("--seeds", "--jobs", "--json", "--cache"))
     ]
     outputs = [Path(tempfile.mkstemp(prefix=f"recipes_real_seed{seed}_", suffix=".json")[1]) for seed in seeds]
-    pending = list(zip(seeds, outputs))
+    pending = list(zip(seeds, outputs, strict=False))
     running: list[tuple[subprocess.Popen, Path]] = []
     while pending or running:
         while pending and len(running) < jobs:

@@ -32,18 +32,15 @@ import warnings
 from typing import Any
 
 import torch
+from _timing import RandomImages, sync
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from lit_finetune import keys
 from lit_finetune.modules.classifier import FinetuneClassifier
-from _timing import RandomImages, sync
 
 OPTIONS = ("channels_last", "bf16", "compile")
-
-
-
 
 
 class StepTimer(Callback):
@@ -95,8 +92,12 @@ def build(backbone: str, option: str, args: argparse.Namespace) -> tuple[Finetun
     """The module of an arm and the Trainer options it needs."""
     torch.manual_seed(0)
     model = FinetuneClassifier(
-        num_classes=10, backbone=backbone, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
-        channels_last=option == "channels_last", compile=option == "compile", compile_backend=args.compile_backend,
+        num_classes=10,
+        backbone=backbone,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+        channels_last=option == "channels_last",
+        compile=option == "compile",
+        compile_backend=args.compile_backend,
     )
     trainer_options = {"precision": "bf16-mixed"} if option == "bf16" else {}
     return model, trainer_options
@@ -105,8 +106,16 @@ def build(backbone: str, option: str, args: argparse.Namespace) -> tuple[Finetun
 def fit_rate(model: FinetuneClassifier, loader: DataLoader, args: argparse.Namespace, trainer_options: dict[str, Any]) -> float:
     timer = StepTimer(args.warmup)
     trainer = Trainer(
-        max_epochs=1, limit_train_batches=args.warmup + args.steps, limit_val_batches=0, accelerator="auto", devices=1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        max_epochs=1,
+        limit_train_batches=args.warmup + args.steps,
+        limit_val_batches=0,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
         **trainer_options,
     )
     trainer.fit(model, train_dataloaders=loader)
@@ -138,8 +147,11 @@ def main() -> None:
     peak = {"fp32": matmul_peak(device, torch.float32, args.matmul_size), "bf16": matmul_peak(device, torch.bfloat16, args.matmul_size)}
     n = args.batch_size * (args.warmup + args.steps)
     loader = DataLoader(RandomImages(n, args.image_size, 10), batch_size=args.batch_size, shuffle=False, num_workers=0, drop_last=True)
-    print(f"device: {device} ({torch.get_num_threads()} CPU threads), {args.image_size} px, batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup}, {args.rounds} rounds", flush=True)
+    print(
+        f"device: {device} ({torch.get_num_threads()} CPU threads), {args.image_size} px, batch {args.batch_size}, "
+        f"{args.steps} timed steps after {args.warmup}, {args.rounds} rounds",
+        flush=True,
+    )
     print(f"matmul peak {args.matmul_size}^3: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
     figure = None
     speedups = []
@@ -149,7 +161,7 @@ def main() -> None:
         flops = training_flops(build(backbone, "default", args)[0], args.batch_size, args.image_size, device)
         rates: dict[str, list[float]] = {arm: [] for arm in arms}
         for round_ in range(args.rounds):
-            order = arms[round_ % len(arms):] + arms[: round_ % len(arms)]  # a different arm first every round
+            order = arms[round_ % len(arms) :] + arms[: round_ % len(arms)]  # a different arm first every round
             for arm in order:
                 model, trainer_options = models[arm]
                 rates[arm].append(fit_rate(model, loader, args, trainer_options))
@@ -157,8 +169,10 @@ def main() -> None:
         medians = {arm: statistics.median(values) for arm, values in rates.items()}
         for arm in arms:
             fraction = medians[arm] * flops / peak["bf16" if arm == "bf16" else "fp32"]
-            print(f"{backbone} {arm}: {medians[arm]:.1f} images/s, {flops / 1e9:.2f} GFLOP per image (fwd+bwd), "
-                  f"{medians[arm] * flops / 1e9:.1f} GFLOP/s, fraction_of_peak {fraction:.3f}")
+            print(
+                f"{backbone} {arm}: {medians[arm]:.1f} images/s, {flops / 1e9:.2f} GFLOP per image (fwd+bwd), "
+                f"{medians[arm] * flops / 1e9:.1f} GFLOP/s, fraction_of_peak {fraction:.3f}"
+            )
             if arm != "default":
                 speedups.append(f"speedup: {arm}: {medians[arm] / medians['default']:.3f} ({backbone})")
         if figure is None:

@@ -1,12 +1,10 @@
 """lit-finetune: fine-tune torchvision models on your own images with PyTorch Lightning."""
 
 from lit_finetune import keys
-from lit_finetune.models.backbones import available_backbones, create_backbone
 from lit_finetune.callbacks import (
     BatchNormMomentum,
     BestWorstSamples,
     ClassificationReport,
-    ValidationReport,
     DataTiming,
     GradCAM,
     GradientStats,
@@ -18,19 +16,21 @@ from lit_finetune.callbacks import (
     RNGStateCheckpoint,
     SegmentationMaskWriter,
     UnfreezeSchedule,
+    ValidationReport,
 )
-from lit_finetune.models.weights import AtomicCheckpointIO, UnsafeCheckpointError, load_state_dict_file, load_weights
 from lit_finetune.data import ClassificationDataModule, ImageFolderDataModule, SegmentationDataModule
 from lit_finetune.data.check import check_data
 from lit_finetune.export import export_checkpoint, load_exported
+from lit_finetune.models.backbones import available_backbones, create_backbone
 from lit_finetune.models.heads import ClassifierHead
-from lit_finetune.optim.lr_finder import suggest_lr
-from lit_finetune.modules.classifier import FinetuneClassifier
-from lit_finetune.optim.schedulers import StepDecayLR, WarmupCosineLR
-from lit_finetune.modules.segmentation import SegmentationModule
 from lit_finetune.models.segmenters import EncoderDecoderSegmenter, TorchvisionSegmenter, build_segmenter, segmentation_models
 from lit_finetune.models.stages import backbone_stages, register_stages
+from lit_finetune.models.weights import AtomicCheckpointIO, UnsafeCheckpointError, load_state_dict_file, load_weights
 from lit_finetune.modules.base import TaskLightningModule
+from lit_finetune.modules.classifier import FinetuneClassifier
+from lit_finetune.modules.segmentation import SegmentationModule
+from lit_finetune.optim.lr_finder import suggest_lr
+from lit_finetune.optim.schedulers import StepDecayLR, WarmupCosineLR
 from lit_finetune.tasks import SegmentationTask
 
 __version__ = "0.1.0"

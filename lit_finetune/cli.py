@@ -139,7 +139,11 @@ def predict_folder(config, ckpt_path: str | None) -> None:
         folder = Path("predict") / Path(ckpt_path.split("://", 1)[1]).stem
     else:
         init_args = logger_init_args(config)
-        root = Path(init_args.save_dir) / (init_args.get("name") or "") if init_args is not None else Path(config.trainer.get("default_root_dir") or ".")
+        root = (
+            Path(init_args.save_dir) / (init_args.get("name") or "")
+            if init_args is not None
+            else Path(config.trainer.get("default_root_dir") or ".")
+        )
         folder = root / "predict" / "no_checkpoint"
     config.trainer.logger = False
     config.trainer.default_root_dir = str(folder)  # the trainer's log_dir without a logger: the writers' default folder
@@ -384,7 +388,11 @@ def selected_classes(args: list[str]) -> dict[str, str]:
                 selected[key] = config[key]["class_path"]
     for i, arg in enumerate(args[:-1]):
         for key in ("model", "data"):
-            if arg in (f"--{key}", f"--{key}.class_path") and not args[i + 1].startswith(("-", "{")) and not args[i + 1].endswith((".yaml", ".yml")):
+            if (
+                arg in (f"--{key}", f"--{key}.class_path")
+                and not args[i + 1].startswith(("-", "{"))
+                and not args[i + 1].endswith((".yaml", ".yml"))
+            ):
                 selected[key] = args[i + 1]
     return selected
 
@@ -506,7 +514,11 @@ def run_subcommand(argv: list[str], from_sys_argv: bool = False) -> None:
 
         sys.exit(optimize_main(argv[1:]))
     if argv and argv[0] in ("-h", "--help"):
-        print("Other subcommands:\n" + "\n".join(f"  {name:<12}{text} (`lit-finetune {name} --help`)" for name, text in EXTRA_SUBCOMMANDS.items()) + "\n")
+        print(
+            "Other subcommands:\n"
+            + "\n".join(f"  {name:<12}{text} (`lit-finetune {name} --help`)" for name, text in EXTRA_SUBCOMMANDS.items())
+            + "\n"
+        )
     if len(argv) > 1 and ("-h" in argv or "--help" in argv) and selected_classes(argv):
         try:
             build_cli(None if from_sys_argv else argv)

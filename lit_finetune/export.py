@@ -131,7 +131,9 @@ def segmentation_preprocessing_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     if data:
-        pre = configured_preprocessing(data.get("backbone"), data.get("weights"), data.get("image_size"), None, data.get("mean"), data.get("std"), square=True)
+        pre = configured_preprocessing(
+            data.get("backbone"), data.get("weights"), data.get("image_size"), None, data.get("mean"), data.get("std"), square=True
+        )
         eval_size = data.get("eval_size", "image_size")
         resize = pre.crop_size if eval_size == "image_size" else eval_size
         mean, std = pre.mean, pre.std
@@ -147,7 +149,9 @@ def segmentation_preprocessing_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "std": [float(v) for v in std],
         "interpolation": pre.interpolation.value,
         "steps": [
-            resize_step, "scale to [0, 1]", "normalize with mean and std",
+            resize_step,
+            "scale to [0, 1]",
+            "normalize with mean and std",
             "logits (N, C, H, W) at the input size: resize them to the image's size (bilinear), then argmax (binary: sigmoid > threshold)",
         ],
     }
@@ -162,7 +166,9 @@ def task_info(model: nn.Module) -> dict[str, Any]:
         from lit_finetune.data.masks import default_palette
 
         palette = getattr(model, "palette", None) or default_palette(max(task.num_classes, 2))  # what the mask writer falls back to
-        info.update({"mode": task.mode, "ignore_index": task.ignore_index, "threshold": task.threshold, "palette": [list(c) for c in palette]})
+        info.update(
+            {"mode": task.mode, "ignore_index": task.ignore_index, "threshold": task.threshold, "palette": [list(c) for c in palette]}
+        )
     return info
 
 
@@ -263,7 +269,12 @@ def export_checkpoint(
         if getattr(model.task, "dense", False):  # masks of any image size
             dims.update({2: torch.export.Dim("height", min=MIN_ONNX_SIDE), 3: torch.export.Dim("width", min=MIN_ONNX_SIDE)})
         torch.onnx.export(
-            logits_model, (example,), files["onnx"], input_names=["images"], output_names=["logits"], dynamic_shapes={"images": dims},
+            logits_model,
+            (example,),
+            files["onnx"],
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"images": dims},
             verbose=False,  # no progress lines per export stage
         )
     hparams = checkpoint["hyper_parameters"]
@@ -328,7 +339,9 @@ def main(args: list[str] | None = None) -> int:
     """``lit-finetune export --ckpt_path CKPT --output_dir DIR [--format ...] [--torchscript true] [--onnx true]``."""
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(prog="lit-finetune export", description="Export a training checkpoint for inference: weights, model.json, TorchScript/ONNX.")
+    parser = ArgumentParser(
+        prog="lit-finetune export", description="Export a training checkpoint for inference: weights, model.json, TorchScript/ONNX."
+    )
     parser.add_function_arguments(export_checkpoint)
     cfg = parser.parse_args(args)
     files = export_checkpoint(**cfg.as_dict())

@@ -8,8 +8,7 @@ from torch import nn
 
 from lit_finetune import keys
 from lit_finetune.models.backbones import available_backbones, check_backbone_name, create_backbone
-from lit_finetune.models.heads import find_final_layer
-from lit_finetune.models.heads import ClassifierHead
+from lit_finetune.models.heads import ClassifierHead, find_final_layer
 from lit_finetune.modules.classifier import FinetuneClassifier
 
 # One member of each family named in the docs, with the smallest input it accepts here.

@@ -64,7 +64,15 @@ def test_label_column_gives_sorted_classes_and_multi_hot_targets(tmp_path: Path)
 
 def test_label_separator(tmp_path: Path) -> None:
     rows = [["file", "tags", "split"], ["a.png", "red car|blue", "train"], ["b.png", "blue", "val"]]
-    dm = data(tmp_path, write_csv(tmp_path, rows), image_column="file", label_column="tags", label_separator="|", split_column="split", task="multilabel")
+    dm = data(
+        tmp_path,
+        write_csv(tmp_path, rows),
+        image_column="file",
+        label_column="tags",
+        label_separator="|",
+        split_column="split",
+        task="multilabel",
+    )
     assert dm.class_names == ["blue", "red car"]
     assert targets_by_name(dm.train_samples) == {"a.png": (1.0, 1.0)}
 

@@ -29,11 +29,13 @@ def test_train_val_layout_gives_dict_samples(image_folder: Path) -> None:
 
 
 def test_normalization_matches_the_statistics(image_folder: Path) -> None:
-    dm = ImageFolderDataModule(str(image_folder), num_workers=0, image_size=32, resize_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    dm = ImageFolderDataModule(
+        str(image_folder), num_workers=0, image_size=32, resize_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+    )
     dm.setup("fit")
     sample = dm.val_set[0]
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     raw = torch.from_numpy(np.asarray(Image.open(sample[keys.PATH]).convert("RGB"))).permute(2, 0, 1).float() / 255
     torch.testing.assert_close(sample[keys.IMAGE], (raw - 0.5) / 0.25)

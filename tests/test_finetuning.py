@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from lit_finetune.models.backbones import create_backbone
+from lit_finetune.models.stages import backbone_stages
 from lit_finetune.optim.freezing import freeze, freeze_patterns, hold_eval, is_held_in_eval, release_eval
 from lit_finetune.optim.param_groups import apply_lr_scales, parameter_groups
-from lit_finetune.models.stages import backbone_stages
 
 # First module of each stage (relative to the backbone), by family, from the documented table.
 EXPECTED_STAGE_STARTS = {
@@ -48,7 +48,7 @@ def test_stages_partition_every_family_in_order(name: str) -> None:
     stages = backbone_stages(backbone)
     starts = EXPECTED_STAGE_STARTS[name]
     assert len(stages) == len(starts)
-    assert [_starts_with_module(stage[0], start) for stage, start in zip(stages, starts)] == [True] * len(starts)
+    assert [_starts_with_module(stage[0], start) for stage, start in zip(stages, starts, strict=False)] == [True] * len(starts)
     flat = [n for stage in stages for n in stage]
     assert sorted(flat) == sorted(n for n, _ in backbone.named_parameters())  # each parameter exactly once
     # Stages are contiguous slices in registration order (input to output).
@@ -132,7 +132,7 @@ def test_held_batchnorm_keeps_its_statistics_and_mode_flag() -> None:
     out = bn(x)
     assert bn.training  # the flag is left alone: Lightning sees no module in eval mode
     assert torch.equal(out, nn.functional.batch_norm(x, *before[:2], bn.weight, bn.bias, False, 0.0, bn.eps))
-    assert all(torch.equal(a, b) for a, b in zip(before, (bn.running_mean, bn.running_var, bn.num_batches_tracked)))
+    assert all(torch.equal(a, b) for a, b in zip(before, (bn.running_mean, bn.running_var, bn.num_batches_tracked), strict=False))
     release_eval([bn])
     assert not is_held_in_eval(bn) and not bn._forward_hooks
     bn(x)
@@ -173,7 +173,10 @@ def test_parameter_groups_vit() -> None:
         return model.get_parameter(name).ndim == 1 or name.endswith(("class_token", "pos_embedding"))
 
     def split(stage: str, params: set[str], lr: float) -> dict:
-        return {stage: ({n for n in params if not no_decay(n)}, lr, 1e-4), f"{stage}.no_decay": ({n for n in params if no_decay(n)}, lr, 0.0)}
+        return {
+            stage: ({n for n in params if not no_decay(n)}, lr, 1e-4),
+            f"{stage}.no_decay": ({n for n in params if no_decay(n)}, lr, 0.0),
+        }
 
     expected = split("head", {"head.weight", "head.bias"}, 0.1)
     embedding = {"backbone.class_token", "backbone.conv_proj.weight", "backbone.conv_proj.bias", "backbone.encoder.pos_embedding"}

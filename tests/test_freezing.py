@@ -9,13 +9,13 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
+from tiny_images import TinyImages
 from torch.utils.data import DataLoader
 
+from lit_finetune.modules.classifier import FinetuneClassifier
 from lit_finetune.optim.freezing import is_held_in_eval
 from lit_finetune.optim.lr_finder import suggest_lr
-from lit_finetune.modules.classifier import FinetuneClassifier
 from lit_finetune.optim.schedulers import WarmupCosineLR
-from tiny_images import TinyImages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,8 +34,14 @@ def make_model(optimizer=None, **kwargs) -> FinetuneClassifier:
 
 def fit(model: FinetuneClassifier, epochs: int = 2, callbacks=(), shuffle: bool = False, noise: float = 0.0, logger=False) -> Trainer:
     trainer = Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=logger, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks),
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
     )
     trainer.fit(model, *loaders(shuffle=shuffle, noise=noise))
     return trainer
@@ -92,7 +98,10 @@ def test_first_k_without_train_bn_holds_statistics() -> None:
 
 @pytest.mark.parametrize(
     "optimizer",
-    [partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True), partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.1)],
+    [
+        partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True),
+        partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.1),
+    ],
 )
 def test_zero_lr_backbone_groups_keep_weights(optimizer) -> None:
     model = make_model(optimizer=optimizer, backbone_lr_mult=0.0)
@@ -145,7 +154,7 @@ def test_cached_features_match_uncached_training() -> None:
     for cache in (False, True):
         model = make_model(freeze="backbone", cache_features=cache, head_hidden_dims=[16])
         calls = []
-        model.backbone.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+        model.backbone.register_forward_hook(lambda m, i, o, calls=calls: calls.append(len(o)))
         fit(model, epochs=3, shuffle=True)
         results[cache] = (state(model, "head."), sum(calls), model)
     for name, value in results[False][0].items():
@@ -176,7 +185,9 @@ def test_bad_freeze_specs_fail_at_construction(spec, match: str) -> None:
 
 def test_lr_finder_sets_the_head_lr(tmp_path) -> None:
     model = make_model(freeze="backbone")
-    trainer = Trainer(max_epochs=20, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = Trainer(
+        max_epochs=20, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     train, _ = loaders()
     plot = tmp_path / "lr_find.png"
     suggestion = suggest_lr(trainer, model, train_dataloaders=train, num_training=20, early_stop_threshold=None, plot_path=str(plot))

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from lit_finetune.models.backbones import create_backbone
+from lit_finetune.models.stages import backbone_stages
 from lit_finetune.optim.freezing import freeze, freeze_patterns
 from lit_finetune.optim.param_groups import apply_lr_scales, parameter_groups
-from lit_finetune.models.stages import backbone_stages
 
 
 @pytest.fixture(scope="module")

@@ -27,4 +27,3 @@ def test_options_on_top_of_the_weights() -> None:
     assert configured_preprocessing("resnet18", None, image_size=64, resize_size=80).resize_size == 80
     square = configured_preprocessing("deeplabv3_mobilenet_v3_large", "DEFAULT", image_size=96, square=True)
     assert (square.resize_size, square.crop_size) == (96, 96)
-

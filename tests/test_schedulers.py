@@ -29,9 +29,7 @@ def test_step_decay_matches_the_seed_rule(epoch: int, factor: float) -> None:
 
 def test_warmup_cosine_values_per_group() -> None:
     total, warmup, start, floor = 20, 4, 0.1, 0.05
-    scheduler = WarmupCosineLR(
-        _optimizer(1.0, 0.3), total_steps=total, warmup_steps=warmup, warmup_start_factor=start, min_lr_ratio=floor
-    )
+    scheduler = WarmupCosineLR(_optimizer(1.0, 0.3), total_steps=total, warmup_steps=warmup, warmup_start_factor=start, min_lr_ratio=floor)
     expected_factor = {
         0: 0.1,
         2: 0.1 + 0.9 * 2 / 4,

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
+from tiny_images import TinyImages
 from torch.utils.data import DataLoader
 
 from lit_finetune.callbacks.unfreeze import UnfreezeSchedule, held_stage_groups
 from lit_finetune.modules.classifier import FinetuneClassifier
 from lit_finetune.optim.param_groups import parameter_groups
 from lit_finetune.optim.schedulers import WarmupCosineLR
-from tiny_images import TinyImages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,8 +34,15 @@ def make_model(**kwargs) -> FinetuneClassifier:
 
 def make_trainer(epochs: int, callbacks: list, **kwargs) -> Trainer:
     return Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks, **kwargs,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        **kwargs,
     )
 
 
@@ -69,7 +76,11 @@ def test_plan_counts_stages_from_the_output_end() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"milestones": [2, 1]}, "strictly increasing"), ({"milestones": [1], "stages": [1, 1]}, "stages must"), ({"milestones": [1], "warmup_steps": -1}, "warmup_steps")],
+    [
+        ({"milestones": [2, 1]}, "strictly increasing"),
+        ({"milestones": [1], "stages": [1, 1]}, "stages must"),
+        ({"milestones": [1], "warmup_steps": -1}, "warmup_steps"),
+    ],
 )
 def test_invalid_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

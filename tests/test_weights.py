@@ -67,7 +67,10 @@ def test_file_of_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
     state = reference_model().state_dict()
     state["conv1.weight"] = torch.zeros(64, 4, 7, 7)  # a 4-channel stem
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"conv1.weight: \(64, 4, 7, 7\) in the file, \(64, 3, 7, 7\) in the model \(the file's layer takes 4 input channels"):
+    with pytest.raises(
+        ValueError,
+        match=r"conv1.weight: \(64, 4, 7, 7\) in the file, \(64, 3, 7, 7\) in the model \(the file's layer takes 4 input channels",
+    ):
         FinetuneClassifier(num_classes=2, backbone="resnet18", weights=str(path))
     torch.save(reference_model().state_dict(), path)
     with pytest.raises(ValueError, match=r"lacks \d+ backbone tensors.*layer1.2"):

@@ -31,7 +31,7 @@ def color_masks(masks: Tensor, palette: Sequence[Sequence[int]] | None, ignore_i
     top = int(masks[masks != ignore_index].max()) + 1 if bool((masks != ignore_index).any()) else 1  # type: ignore[attr-defined]
     colors = list(palette) if palette else default_palette(max(top, 2))
     if len(colors) < top:
-        colors = colors + default_palette(top)[len(colors):]
+        colors = colors + default_palette(top)[len(colors) :]
     table = torch.tensor(colors, dtype=torch.float32)[:, :3] / 255
     labeled = (masks >= 0) & (masks < len(table))
     if ignore_index is not None:

@@ -160,12 +160,7 @@ class BestWorstSamples(Callback):
 
     # ------------------------------------------------------------------ selection
     def _active(self, stage: str, trainer: Trainer) -> bool:
-        return (
-            self._enabled
-            and stage in self.stages
-            and not trainer.sanity_checking
-            and trainer.current_epoch % self.every_n_epochs == 0
-        )
+        return self._enabled and stage in self.stages and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
 
     def _reset(self, stage: str) -> None:
         if stage in self.stages:
@@ -225,7 +220,7 @@ class BestWorstSamples(Callback):
         current["taken"] = bad.any().reshape(1)
         if len(order) < self.k:  # pad a short batch so that shapes never change
             current = {n: torch.cat([v, v.new_zeros((self.k - len(v), *v.shape[1:]))]) if n != "taken" else v for n, v in current.items()}
-            current[keys.INDEX][len(order):] = -1
+            current[keys.INDEX][len(order) :] = -1
         held = self._nonfinite[stage]
         if held is None:
             self._nonfinite[stage] = current
@@ -267,7 +262,7 @@ class BestWorstSamples(Callback):
         self.selected[stage] = {}
         lines = []
         for kind, state in chosen.items():
-            self.selected[stage][kind] = list(zip(state[keys.INDEX].tolist(), state["score"].tolist()))
+            self.selected[stage][kind] = list(zip(state[keys.INDEX].tolist(), state["score"].tolist(), strict=False))
             writer.add_image(f"zz-best_worst/{stage}/{kind}", self._grid(state, pl_module), step)
             lines.append(f"{kind}: " + ", ".join(f"{i} ({s:.4g})" for i, s in self.selected[stage][kind]))
         writer.add_text(f"zz-best_worst/{stage}/indices", "  \n".join(lines), step)
@@ -312,7 +307,11 @@ class BestWorstSamples(Callback):
         tiles, captions = [], []
         for i in range(len(state["score"])):
             image = images[i : i + 1]
-            tiles += [image, overlay_masks(image, state["target"][i : i + 1], palette, ignore), overlay_masks(image, state["pred_mask"][i : i + 1], palette, ignore)]
+            tiles += [
+                image,
+                overlay_masks(image, state["target"][i : i + 1], palette, ignore),
+                overlay_masks(image, state["pred_mask"][i : i + 1], palette, ignore),
+            ]
             captions += [
                 [f"loss {float(state['score'][i]) + 0.0:.3g}", f"#{int(state[keys.INDEX][i])}"],
                 ["true", task.target_text(state["target"][i])],

@@ -205,7 +205,14 @@ class ValidationReport(Callback):
             precision = torch.where(tp + fp > 0, tp / (tp + fp).clamp_min(1), torch.ones_like(tp))
             recall = tp / (tp + fn).clamp_min(1)
             writer.add_pr_curve_raw(
-                f"zz-report/pr_curve/{name}", tp.numpy(), fp.numpy(), tn.numpy(), fn.numpy(), precision.numpy(), recall.numpy(), step,
+                f"zz-report/pr_curve/{name}",
+                tp.numpy(),
+                fp.numpy(),
+                tn.numpy(),
+                fn.numpy(),
+                precision.numpy(),
+                recall.numpy(),
+                step,
                 num_thresholds=len(tp),
             )
 
@@ -222,7 +229,9 @@ class ValidationReport(Callback):
             label = f"{name} (foreground: `iou_fg`, `dice_fg`)" if i == foreground else name
             rows.append(f"| {label} | {float(iou[i]):.4f} | {float(dice[i]):.4f} | {int(pixels[i])} | {int(confusion[:, i].sum())} |")
         mean_iou, mean_dice = (float(torch.nan_to_num(v.nanmean(), nan=0.0)) for v in (iou, dice))
-        rows.append(f"| mean over classes (`miou`, `dice`) | {mean_iou:.4f} | {mean_dice:.4f} | {int(pixels.sum())} | {int(confusion.sum())} |")
+        rows.append(
+            f"| mean over classes (`miou`, `dice`) | {mean_iou:.4f} | {mean_dice:.4f} | {int(pixels.sum())} | {int(confusion.sum())} |"
+        )
         header = "| class | IoU | Dice | true pixels | predicted pixels |\n|---|---|---|---|---|\n"
         writer.add_text("zz-report/iou_table", header + "\n".join(rows), step)
 
@@ -237,7 +246,7 @@ class ValidationReport(Callback):
         count = min(self.top_confused, int((off > 0).sum()))
         values, flat = off.flatten().topk(count) if count else (torch.empty(0), torch.empty(0, dtype=torch.long))
         table = "| true | predicted | count |\n|---|---|---|\n" + "\n".join(
-            f"| {names[int(f) // len(names)]} | {names[int(f) % len(names)]} | {int(v)} |" for v, f in zip(values, flat)
+            f"| {names[int(f) // len(names)]} | {names[int(f) % len(names)]} | {int(v)} |" for v, f in zip(values, flat, strict=False)
         )
         writer.add_text("zz-report/most_confused", table if count else "No mistakes.", step)
 
@@ -260,7 +269,9 @@ def confusion_figure(confusion: Tensor, names: list[str], annotate: bool = True)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if annotate:
-        for (i, j), value in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(), confusion.flatten().tolist()):
+        for (i, j), value in zip(
+            torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(), confusion.flatten().tolist(), strict=False
+        ):
             ax.text(j, i, str(value), ha="center", va="center", fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
     return fig

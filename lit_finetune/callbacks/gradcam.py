@@ -80,7 +80,7 @@ def find_target_layer(pl_module: nn.Module, images: Tensor, min_map_size: int = 
             module.training = training  # the flag alone: `train()` would recurse into children already restored
     maps = [(name, shape) for name, shape in shapes if len(shape) == 4 and min(shape[2:]) > 1]
     large = [(name, shape) for name, shape in maps if min(shape[2:]) >= min_map_size]
-    chosen = (large or maps)
+    chosen = large or maps
     if not chosen:
         raise ValueError(f"No layer of {type(root).__name__} gives a 2-D feature map: set GradCAM(target_layer=...) to a module name.")
     return prefix + chosen[-1][0], "none"

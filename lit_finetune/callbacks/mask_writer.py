@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from typing_extensions import override
 
 from lit_finetune import keys
-from lit_finetune.images.read import load_rgb
 from lit_finetune.images.palette import default_palette, palette_image
+from lit_finetune.images.read import load_rgb
 
 
 class SegmentationMaskWriter(BasePredictionWriter):
@@ -51,7 +51,9 @@ class SegmentationMaskWriter(BasePredictionWriter):
         trainer.predict(model, datamodule=SegmentationDataModule("data/my_masks", predict_root="data/new_images"))
     """
 
-    def __init__(self, output_dir: str | None = None, overlay: bool = False, alpha: float = 0.5, palette: list[tuple[int, int, int]] | None = None) -> None:
+    def __init__(
+        self, output_dir: str | None = None, overlay: bool = False, alpha: float = 0.5, palette: list[tuple[int, int, int]] | None = None
+    ) -> None:
         super().__init__(write_interval="batch")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"`alpha` must be in [0, 1], got {alpha}.")
@@ -85,18 +87,27 @@ class SegmentationMaskWriter(BasePredictionWriter):
 
     @override
     def write_on_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, prediction: Any, batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
     ) -> None:
         task: Any = getattr(pl_module, "task", None)
         if not callable(getattr(task, "predict", None)):
-            raise TypeError(f"SegmentationMaskWriter needs a module whose `task.predict(logits)` gives masks; {type(pl_module).__name__} has none.")
+            raise TypeError(
+                f"SegmentationMaskWriter needs a module whose `task.predict(logits)` gives masks; {type(pl_module).__name__} has none."
+            )
         logits = prediction[keys.LOGITS]
         sizes = prediction.get(keys.ORIGINAL_SIZE)
         inputs = prediction.get(keys.INPUT_SIZE)
         folder = self.folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         palette = self._palette(trainer, pl_module, logits.shape[1])
-        for i, (index, path) in enumerate(zip(torch.as_tensor(prediction[keys.INDEX]).tolist(), prediction[keys.PATH])):
+        for i, (index, path) in enumerate(zip(torch.as_tensor(prediction[keys.INDEX]).tolist(), prediction[keys.PATH], strict=False)):
             size = tuple(int(v) for v in sizes[i]) if sizes is not None else tuple(logits.shape[-2:])
             crop = logits[i : i + 1] if inputs is None else logits[i : i + 1, :, : int(inputs[i][0]), : int(inputs[i][1])]  # padding off
             resized = F.interpolate(crop.float(), size=size, mode="bilinear", align_corners=False)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from contextlib import nullcontext
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,7 +154,7 @@ class NanGuard(Callback):
         # not change in a forward pass and are not copied.
         live = running_stats(pl_module)
         with torch.no_grad():
-            if len(live) != len(self._live) or any(a is not b for a, b in zip(live, self._live)):
+            if len(live) != len(self._live) or any(a is not b for a, b in zip(live, self._live, strict=False)):
                 self._buffers, self._live = [b.detach().clone() for b in live], live  # first step, or layers (un)frozen
             elif live:
                 torch._foreach_copy_(self._buffers, live)  # one fused copy into the tensors of the last step
@@ -202,7 +202,7 @@ class NanGuard(Callback):
         suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         folder.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
-            for buffer, saved in zip(self._live, self._buffers):
+            for buffer, saved in zip(self._live, self._buffers, strict=False):
                 buffer.copy_(saved)
         self.batch_path = folder / f"nan_batch_step{step}{suffix}.pt"
         torch.save(_to_cpu(self._batch), self.batch_path)
@@ -320,8 +320,7 @@ class NanGuard(Callback):
             )
         if "backward_error" in replay:
             return (
-                "the forward pass is finite but the backward pass is not: "
-                "look at the named backward function (divisions, sqrt at 0, log)."
+                "the forward pass is finite but the backward pass is not: look at the named backward function (divisions, sqrt at 0, log)."
             )
         return (
             "the forward pass is finite when replayed: "

@@ -57,7 +57,7 @@ class PredictionCSVWriter(BasePredictionWriter):
             writer.writerow(["index", "path", *task.prediction_columns()])
             for batch in batches:
                 prediction = batch[keys.PREDICTION]
-                for i, (index, file) in enumerate(zip(torch.as_tensor(batch[keys.INDEX]).tolist(), batch[keys.PATH])):
+                for i, (index, file) in enumerate(zip(torch.as_tensor(batch[keys.INDEX]).tolist(), batch[keys.PATH], strict=False)):
                     writer.writerow([index, file, *task.prediction_row(prediction, i)])
         tmp.replace(path)
         self.written = path

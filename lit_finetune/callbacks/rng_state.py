@@ -24,7 +24,13 @@ def collect_rng_states() -> dict[str, Any]:
     version, python_state, gauss = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},  # type: ignore[attr-defined]
+        "numpy": {
+            "kind": str(kind),
+            "key": torch.from_numpy(key.astype(np.int64)),  # type: ignore[attr-defined]  # the legacy tuple holds an array
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": version, "state": list(python_state), "gauss": gauss},
     }
     if torch.cuda.is_available():

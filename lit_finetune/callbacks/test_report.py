@@ -149,14 +149,14 @@ class TestReport(Callback):
             row: dict[str, Any] = {"class": name, "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i])}
             row["support"] = int(support[i])
             cells = confusion[i].tolist() if self.single_label else confusion[i].flatten().tolist()  # multilabel: [[tn, fp], [fn, tp]]
-            row.update(zip(self._confusion_columns(), cells))
+            row.update(zip(self._confusion_columns(), cells, strict=False))
             rows.append(row)
         total = int(support.sum())
         if self.single_label:
             accuracy = float(confusion.diag().sum()) / max(total, 1)
             rows.append({"class": "accuracy", "precision": "", "recall": "", "f1": accuracy, "support": total})
         weights = support.float() / max(total, 1)
-        scores = dict(zip(METRIC_COLUMNS, (precision, recall, f1)))
+        scores = dict(zip(METRIC_COLUMNS, (precision, recall, f1), strict=False))
         rows.append({"class": "macro avg", **{k: float(v.mean()) for k, v in scores.items()}, "support": total})
         rows.append({"class": "weighted avg", **{k: float((v * weights).sum()) for k, v in scores.items()}, "support": total})
         return rows

@@ -28,7 +28,7 @@ composes with whatever scheduler runs; ``LearningRateMonitor`` shows the schedul
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BaseFinetuning
@@ -38,14 +38,14 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lit_finetune.models.stages import backbone_stages
 from lit_finetune.optim.freezing import hold_eval, release_eval
 from lit_finetune.optim.param_groups import held_groups
-from lit_finetune.models.stages import backbone_stages
 
 log = logging.getLogger(__name__)
 
 
-def held_stage_groups(trainer: Optional[pl.Trainer]) -> list[str]:
+def held_stage_groups(trainer: pl.Trainer | None) -> list[str]:
     """Parts that the :class:`UnfreezeSchedule` callbacks of ``trainer`` hold, to pass as
     ``keep_separate`` to :func:`lit_finetune.optim.param_groups.parameter_groups` ([] without a trainer).
 
@@ -98,7 +98,7 @@ class UnfreezeSchedule(BaseFinetuning):
     def __init__(
         self,
         milestones: list[int],
-        stages: Optional[list[int]] = None,
+        stages: list[int] | None = None,
         warmup_steps: int = 0,
         warmup_start_factor: float = 0.0,
         train_bn: bool = False,
@@ -108,9 +108,7 @@ class UnfreezeSchedule(BaseFinetuning):
         if not milestones or any(m < 0 for m in milestones) or milestones != sorted(set(milestones)):
             raise ValueError(f"milestones must be strictly increasing epochs >= 0, got {milestones}.")
         if stages is not None and (len(stages) != len(milestones) or any(count < 1 for count in stages)):
-            raise ValueError(
-                f"stages must give a positive number of stages for each of the {len(milestones)} milestones, got {stages}."
-            )
+            raise ValueError(f"stages must give a positive number of stages for each of the {len(milestones)} milestones, got {stages}.")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
         if not 0.0 <= warmup_start_factor <= 1.0:
@@ -127,7 +125,7 @@ class UnfreezeSchedule(BaseFinetuning):
         self._stage_batchnorms: dict[int, list[nn.Module]] = {}
         self._frozen: set[int] = set()
         self._drop_grads = False
-        self._trainer: Optional[pl.Trainer] = None
+        self._trainer: pl.Trainer | None = None
         self._handles: list[RemovableHandle] = []
         self._saved_lrs: list[tuple[dict[str, Any], float]] = []
 
@@ -150,7 +148,7 @@ class UnfreezeSchedule(BaseFinetuning):
             raise ValueError(f"UnfreezeSchedule(stages={counts}) asks for {sum(counts)} stages; the backbone has {num_stages}.")
         schedule: dict[int, int] = {}
         stage = num_stages - 1
-        for epoch, count in zip(self.milestones, counts):
+        for epoch, count in zip(self.milestones, counts, strict=False):
             for _ in range(count):
                 schedule[stage] = epoch
                 stage -= 1

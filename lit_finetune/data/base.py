@@ -189,7 +189,9 @@ class FolderDataModule(LightningDataModule, ABC):
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         """Validation, test or predict batches in order, each sample on one process under DDP."""
-        return self._loader(dataset, self._eval_batch_size(), shuffle=False, sampler=self._eval_sampler(dataset), collate_fn=self._collate(train=False))
+        return self._loader(
+            dataset, self._eval_batch_size(), shuffle=False, sampler=self._eval_sampler(dataset), collate_fn=self._collate(train=False)
+        )
 
     # The training sampler's state (a balanced sampler's epoch count) travels in checkpoints through the data
     # module's state: Lightning saves the states of stateful dataloaders only, and a plain DataLoader is not one.

@@ -103,7 +103,7 @@ def find_bad_images(paths: Iterable[str | Path], num_threads: int | None = None)
     """
     paths = [str(p) for p in paths]
     reasons = map_in_threads(check_image, paths, num_threads, chunksize=64)
-    return [BadImage(str(p), r) for p, r in zip(paths, reasons) if r is not None]
+    return [BadImage(str(p), r) for p, r in zip(paths, reasons, strict=False) if r is not None]
 
 
 def find_bad_images_once(paths: Sequence[str | Path], trainer: Trainer | None = None) -> list[BadImage]:
@@ -176,6 +176,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1 if bad else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -85,7 +85,8 @@ class ClassFolderSource:
         found, samples = scan_image_folder(self.root)
         classes = [name for name in found if name not in SPLIT_FOLDERS]
         if not classes:
-            raise ValueError(f"'{self.root}' has no class folders besides {sorted(set(found))}: put the images in {self.root}/<class name>/<image>.")
+            raise ValueError(
+                f"'{self.root}' has no class folders besides {sorted(set(found))}: put the images in {self.root}/<class name>/<image>."
+            )
         index = {found.index(name): i for i, name in enumerate(classes)}
         return classes, [(path, index[target]) for path, target in samples if target in index]
-

@@ -86,7 +86,7 @@ def parse_class_columns(path: Path, rows, columns: list[str]) -> list[list[int]]
     classes, bad = [], []
     for line, row in rows:
         values = [row[c] for c in columns]
-        bad += [f"line {line}, column '{c}': {v!r}" for c, v in zip(columns, values) if v not in ("0", "1")]
+        bad += [f"line {line}, column '{c}': {v!r}" for c, v in zip(columns, values, strict=False) if v not in ("0", "1")]
         classes.append([i for i, v in enumerate(values) if v == "1"])
     if bad:
         raise ValueError(f"Class columns of '{path}' must hold 0 or 1; these cells do not:\n{listing(bad)}")
@@ -109,7 +109,7 @@ def parse_splits(path: Path, rows, split_column: str | None) -> list[str | None]
     values = [row[split_column].lower() for _, row in rows]
     if values and all(v in VALID_VALUES + TRAIN_VALUES for v in values):
         return ["val" if v in VALID_VALUES else "train" for v in values]
-    bad = [f"line {line}: {row[split_column]!r}" for (line, row), s in zip(rows, values) if s not in SPLITS]
+    bad = [f"line {line}: {row[split_column]!r}" for (line, row), s in zip(rows, values, strict=False) if s not in SPLITS]
     if bad:
         raise ValueError(
             f"Column '{split_column}' of '{path}' must say train, val or test, or be a boolean (true/false, 1/0: true marks "
@@ -134,7 +134,9 @@ def check_images(root: Path, path: Path, parsed: list[CsvRow], image_column: str
     """Raise on rows without an image path, and list every image file that does not exist."""
     empty = [f"line {r.line}" for r in parsed if not r.path]
     if empty:
-        raise ValueError(f"Rows of '{path}' with an empty '{image_column}' cell:\n{listing(empty)}\nGive each row an image path relative to `data.root`.")
+        raise ValueError(
+            f"Rows of '{path}' with an empty '{image_column}' cell:\n{listing(empty)}\nGive each row an image path relative to `data.root`."
+        )
     missing = [f"line {r.line}: {r.path}" for r in parsed if not (root / r.path).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -182,17 +184,20 @@ def read_labels_csv(
     wanted = {"image_column": image_column}
     wanted.update({"label_column": label_column} if label_column is not None else {})
     wanted.update({"split_column": split_column} if split_column is not None else {})
-    wanted.update({"class_columns": c for c in class_columns or []})
     check_columns(path, header, wanted)
+    for column in class_columns or []:  # each named class column must exist (one option, several columns)
+        check_columns(path, header, {"class_columns": column})
     if label_column is not None:
         names, classes = parse_label_column(rows, label_column, label_separator)
     else:
         names = list(class_columns) if class_columns else [c for c in header if c not in (image_column, split_column)]
         if not names:
-            raise ValueError(f"'{path}' has no class columns besides '{image_column}': set `data.label_column` or add one 0/1 column per class.")
+            raise ValueError(
+                f"'{path}' has no class columns besides '{image_column}': set `data.label_column` or add one 0/1 column per class."
+            )
         classes = parse_class_columns(path, rows, names)
     splits = parse_splits(path, rows, split_column)
-    parsed = [CsvRow(line, row[image_column], c, s) for (line, row), c, s in zip(rows, classes, splits)]
+    parsed = [CsvRow(line, row[image_column], c, s) for (line, row), c, s in zip(rows, classes, splits, strict=False)]
     check_images(root, path, parsed, image_column)
     task = task_type(task) if isinstance(task, str) else task
     if not (task.one_class_column and label_column is None and len(names) == 1):

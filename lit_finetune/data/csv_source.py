@@ -63,11 +63,15 @@ class LabelsCsvSource:
         for row in rows:
             splits[row.split].append((str(self.root / row.path), task.encode(row.classes, len(names))))
         if splits[None]:
-            splits["train"], splits["val"] = split_validation(splits[None], self.val_fraction, self.split_seed, stratified=task.single_label)
+            splits["train"], splits["val"] = split_validation(
+                splits[None], self.val_fraction, self.split_seed, stratified=task.single_label
+            )
             if not splits["train"] or not splits["val"]:
                 raise ValueError(f"Too few rows in '{self.path}' to hold out a validation set: add rows or a split column.")
         for split in ("train", "val"):
             if not splits[split]:
                 raise ValueError(f"No {split} rows in '{self.path}': column '{self.split_column}' must name some rows '{split}'.")
-        log.info("%s: %d classes, %d train / %d val / %d test images", self.path, len(names), *(len(splits[s]) for s in ("train", "val", "test")))
+        log.info(
+            "%s: %d classes, %d train / %d val / %d test images", self.path, len(names), *(len(splits[s]) for s in ("train", "val", "test"))
+        )
         return LabelledSplits(names, splits["train"], splits["val"], splits["test"])

@@ -205,7 +205,12 @@ class ClassificationDataModule(FolderDataModule):
     def _source(self, demo: str | None, labels_csv: str | None, val_fraction: float, seed: int) -> LabelledSource:
         """Where the labelled images come from: a demo (written first), a labels CSV, or class folders."""
         h = self.hparams
-        csv = {"image_column": h.image_column, "label_column": h.label_column, "label_separator": h.label_separator, "class_columns": h.class_columns}
+        csv = {
+            "image_column": h.image_column,
+            "label_column": h.label_column,
+            "label_separator": h.label_separator,
+            "class_columns": h.class_columns,
+        }
         csv.update(path=labels_csv, split_column=h.split_column)
         if demo is not None:
             return DemoSource(demo, self.root, val_fraction, seed, csv_options=csv)
@@ -220,7 +225,7 @@ class ClassificationDataModule(FolderDataModule):
         fraction = self.hparams.train_fraction
         self.class_names, self.val_samples, self.test_samples = splits.class_names, splits.val, splits.test
         self.train_samples = subset(splits.train, fraction, seed, stratified=self.task_type.single_label) if fraction < 1 else splits.train
-        counts = ", ".join(f"{name}={count}" for name, count in zip(self._count_names(), self.class_counts))
+        counts = ", ".join(f"{name}={count}" for name, count in zip(self._count_names(), self.class_counts, strict=False))
         share = f" ({fraction:g} of them, `train_fraction`)" if fraction < 1 else ""
         rank_zero_info(f"{self.root}: {len(self.train_samples)} training images{share}; per class: {counts}")
 

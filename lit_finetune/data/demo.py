@@ -71,7 +71,9 @@ def move_into_place(tmp: Path, root: Path, is_written: Callable[[Path], bool] | 
     except OSError:  # another process finished first, or root holds other files
         shutil.rmtree(tmp, ignore_errors=True)
         if is_written is not None and not is_written(root):
-            raise FileExistsError(f"'{root}' exists and holds other files: give `data.root` an empty or new folder for the {demo} demo.") from None
+            raise FileExistsError(
+                f"'{root}' exists and holds other files: give `data.root` an empty or new folder for the {demo} demo."
+            ) from None
 
 
 def write_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Path:
@@ -111,7 +113,7 @@ def compose_digits(images: np.ndarray, targets: np.ndarray, rng: np.random.Gener
     digits = sorted(rng.choice(10, size=int(rng.integers(2, 4)), replace=False).tolist())
     cells = rng.choice(grid * grid, size=len(digits), replace=False)
     canvas = np.zeros((grid * cell, grid * cell), dtype=np.uint8)
-    for digit, where in zip(digits, cells):
+    for digit, where in zip(digits, cells, strict=False):
         scan = images[rng.choice(np.flatnonzero(targets == digit))]
         row, col = divmod(int(where), grid)
         canvas[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = digit_tile(scan, cell)

@@ -38,7 +38,9 @@ class DemoSource:
         splits = DemoSource("digits", "data/digits").read(MulticlassTask)
     """
 
-    def __init__(self, name: str, root: str | Path, val_fraction: float = 0.2, split_seed: int = 0, csv_options: dict | None = None) -> None:
+    def __init__(
+        self, name: str, root: str | Path, val_fraction: float = 0.2, split_seed: int = 0, csv_options: dict | None = None
+    ) -> None:
         if name not in DEMOS:
             raise ValueError(f"Unknown demo data set '{name}'; the ones available are {', '.join(repr(d) for d in DEMOS)}.")
         root = Path(root)
@@ -50,7 +52,9 @@ class DemoSource:
             options["path"] = options.get("path") or root / "labels.csv"
             options["split_column"] = options.get("split_column") or "split"
         if options.get("path"):
-            self.source: ClassFolderSource | LabelsCsvSource = LabelsCsvSource(root=root, val_fraction=val_fraction, split_seed=split_seed, **options)
+            self.source: ClassFolderSource | LabelsCsvSource = LabelsCsvSource(
+                root=root, val_fraction=val_fraction, split_seed=split_seed, **options
+            )
         else:
             self.source = ClassFolderSource(root, val_fraction, split_seed)
 

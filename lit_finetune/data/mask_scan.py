@@ -68,17 +68,19 @@ def cached_scan(pairs: Sequence[tuple[str, str]], cache: str | Path | None, num_
     keys = [f"{image}|{mask}" for image, mask in pairs]
     signatures = map_in_threads(lambda pair: file_signature(*pair), pairs, num_threads, chunksize=256)
     infos: list[MaskInfo | None] = []
-    for key, signature in zip(keys, signatures):
+    for key, signature in zip(keys, signatures, strict=False):
         entry = stored.get(key)
         fresh = entry is not None and entry["signature"] == signature
-        infos.append(MaskInfo(key.split("|", 1)[1], tuple(entry["values"]), tuple(entry["counts"])) if fresh and entry is not None else None)
+        infos.append(
+            MaskInfo(key.split("|", 1)[1], tuple(entry["values"]), tuple(entry["counts"])) if fresh and entry is not None else None
+        )
     todo = [i for i, info in enumerate(infos) if info is None]
-    for i, info in zip(todo, map_in_threads(inspect_decoded, [pairs[i] for i in todo], num_threads, chunksize=32)):
+    for i, info in zip(todo, map_in_threads(inspect_decoded, [pairs[i] for i in todo], num_threads, chunksize=32), strict=False):
         infos[i] = info
     if cache is not None and todo:
         entries = {
             key: {"signature": sig, "values": list(info.values), "counts": list(info.counts)}
-            for key, sig, info in zip(keys, signatures, infos)
+            for key, sig, info in zip(keys, signatures, infos, strict=False)
             if info is not None and info.error is None
         }
         _save(Path(cache), entries)

@@ -9,7 +9,6 @@ and foreground of binary masks) is the task's rule: :mod:`lit_finetune.tasks.seg
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,5 +96,3 @@ def inspect_pair(image: str, mask: str) -> MaskInfo:
         return MaskInfo(mask, error=f"mask is {values.shape[0]}x{values.shape[1]} (HxW) but its image '{image}' is {size[0]}x{size[1]}")
     distinct, counts = np.unique(values, return_counts=True)
     return MaskInfo(mask, tuple(distinct.tolist()), tuple(counts.tolist()))
-
-

@@ -55,7 +55,11 @@ class BatchMixer:
     """
 
     def __init__(
-        self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, num_classes: int = 2, task: str | type[ClassificationTargets] = "multiclass"
+        self,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        num_classes: int = 2,
+        task: str | type[ClassificationTargets] = "multiclass",
     ) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ValueError(f"`mixup_alpha` and `cutmix_alpha` must be >= 0, got {mixup_alpha} and {cutmix_alpha}.")

@@ -72,7 +72,7 @@ def expected_draws(targets: Sequence[Target], task: TaskSpec, weights: Tensor, n
     task = _task(task)
     share = weights / weights.sum() * len(targets)
     draws = [0.0] * task.count_width(num_classes)
-    for target, s in zip(targets, share.tolist()):
+    for target, s in zip(targets, share.tolist(), strict=False):
         for label in task.label_groups(target):
             draws[label] += s
     return draws
@@ -80,7 +80,7 @@ def expected_draws(targets: Sequence[Target], task: TaskSpec, weights: Tensor, n
 
 def describe_balance(names: Sequence[str], counts: Sequence[int], draws: Sequence[float]) -> str:
     """One line per class: its training images and the images a balanced epoch draws of it."""
-    rows = [f"  {name}: {count} images, ~{draw:.1f} drawn per epoch" for name, count, draw in zip(names, counts, draws)]
+    rows = [f"  {name}: {count} images, ~{draw:.1f} drawn per epoch" for name, count, draw in zip(names, counts, draws, strict=False)]
     return "Balanced sampler (data.sampler: balanced), per class:\n" + "\n".join(rows)
 
 

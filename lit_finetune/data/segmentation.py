@@ -45,7 +45,15 @@ from lit_finetune.data.segmentation_transforms import PadCollate, segmentation_e
 from lit_finetune.models.preprocessing import configured_preprocessing
 from lit_finetune.tasks.segmentation_masks import ClassMasks, mask_rule
 
-__all__ = ["Pair", "SegmentationDataModule", "SegmentationDataset", "list_pairs", "segmentation_eval_transform", "segmentation_train_transform", "split_pairs"]
+__all__ = [
+    "Pair",
+    "SegmentationDataModule",
+    "SegmentationDataset",
+    "list_pairs",
+    "segmentation_eval_transform",
+    "segmentation_train_transform",
+    "split_pairs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +89,16 @@ class SegmentationDataset(Dataset):
             return tv_tensors.Image(F.pil_to_tensor(load_rgb(path)))
         except Exception as err:
             # Raised inside a dataloader worker: say which file and what to do in the first line.
-            raise BadImageError(f"Cannot read image '{path}': {type(err).__name__}: {err}. List unreadable files with `lit-finetune check-data <root>`.") from err
+            raise BadImageError(
+                f"Cannot read image '{path}': {type(err).__name__}: {err}. List unreadable files with `lit-finetune check-data <root>`."
+            ) from err
 
     def _mask(self, path: str, image_size: tuple[int, int]) -> tv_tensors.Mask:
         values = read_mask(path)
         if tuple(values.shape) != image_size:
-            raise ValueError(f"Mask '{path}' is {values.shape[0]}x{values.shape[1]} but its image is {image_size[0]}x{image_size[1]} (HxW): they must match.")
+            raise ValueError(
+                f"Mask '{path}' is {values.shape[0]}x{values.shape[1]} but its image is {image_size[0]}x{image_size[1]} (HxW): they must match."
+            )
         return tv_tensors.Mask(torch.from_numpy(self.masks.to_target(values)))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -240,7 +252,9 @@ class SegmentationDataModule(FolderDataModule):
                 pre.crop_size, pre.mean, pre.std, train_crop, crop_scale, crop_ratio, hflip, vflip, self.ignore_index, pre.interpolation
             )
         self.train_transform = train_transform or self.eval_transform
-        rank_zero_info(f"{self.root}: {len(self.train_pairs)} training / {len(self.val_pairs)} validation image-mask pairs, {self.num_classes} classes")
+        rank_zero_info(
+            f"{self.root}: {len(self.train_pairs)} training / {len(self.val_pairs)} validation image-mask pairs, {self.num_classes} classes"
+        )
 
     @staticmethod
     def _check_options(batch_size, eval_batch_size, num_workers, val_fraction, demo, train_crop, eval_size, image_size) -> None:
@@ -274,7 +288,7 @@ class SegmentationDataModule(FolderDataModule):
             return None
         totals: dict[int, int] = {}
         for info in infos[: len(self.train_pairs)]:
-            for value, count in zip(info.values, info.counts):
+            for value, count in zip(info.values, info.counts, strict=False):
                 totals[value] = totals.get(value, 0) + count
         return self.masks.class_counts(totals, self.num_classes)
 
@@ -285,16 +299,22 @@ class SegmentationDataModule(FolderDataModule):
 
     def _scan(self, val_fraction: float, seed: int, suffix: str) -> tuple[list, list, list]:
         if not self.root.is_dir():
-            raise FileNotFoundError(f"Data folder '{self.root}' does not exist. Check `data.root` (expected root/images/ and root/masks/, or root/train/ and root/val/).")
+            raise FileNotFoundError(
+                f"Data folder '{self.root}' does not exist. Check `data.root` (expected root/images/ and root/masks/, or root/train/ and root/val/)."
+            )
         train_dir, val_dir, test_dir = self.root / "train", self.root / "val", self.root / "test"
         if train_dir.is_dir():
             train = list_pairs(train_dir / "images", train_dir / "masks", suffix)
             if not val_dir.is_dir():
-                raise FileNotFoundError(f"'{self.root}' has train/ but no val/ folder: add val/images/ and val/masks/, or put images/ and masks/ directly in root to split by `val_fraction`.")
+                raise FileNotFoundError(
+                    f"'{self.root}' has train/ but no val/ folder: add val/images/ and val/masks/, or put images/ and masks/ directly in root to split by `val_fraction`."
+                )
             val = list_pairs(val_dir / "images", val_dir / "masks", suffix)
         else:
             if not (self.root / "images").is_dir():
-                raise FileNotFoundError(f"'{self.root}' has neither images/ nor train/: put the images in {self.root}/images/ and the masks in {self.root}/masks/.")
+                raise FileNotFoundError(
+                    f"'{self.root}' has neither images/ nor train/: put the images in {self.root}/images/ and the masks in {self.root}/masks/."
+                )
             pairs = list_pairs(self.root / "images", self.root / "masks", suffix)
             if val_dir.is_dir():
                 train, val = pairs, list_pairs(val_dir / "images", val_dir / "masks", suffix)
@@ -352,7 +372,7 @@ class SegmentationDataModule(FolderDataModule):
         """Most training pixels unlabelled is the sign of 0/255 binary masks read as class indices with 255 ignored."""
         ignored = total = 0
         for info in self._infos[: len(self.train_pairs)]:
-            for value, count in zip(info.values, info.counts):
+            for value, count in zip(info.values, info.counts, strict=False):
                 total += count
                 ignored += count if value == self.ignore_index else 0
         if total and ignored / total > 0.5:

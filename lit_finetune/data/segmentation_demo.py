@@ -31,7 +31,9 @@ def scaled_scan(scan: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(scan_image(scan, side), dtype=np.float32) / 255.0
 
 
-def place_boxes(rng: np.random.Generator, canvas: int, sides: list[int], min_side: int = 16, tries: int = 200) -> list[tuple[int, int, int]]:
+def place_boxes(
+    rng: np.random.Generator, canvas: int, sides: list[int], min_side: int = 16, tries: int = 200
+) -> list[tuple[int, int, int]]:
     """``(row, col, side)`` boxes inside the canvas that do not overlap.
 
     A box that finds no room in ``tries`` random positions is shrunk by 2 pixels and tried again, down to

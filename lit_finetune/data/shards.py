@@ -212,7 +212,7 @@ def optimize_datamodule(
     storage.allow_plain_http(storage_options)
     check_output(output, overwrite, storage_options)
     datamodule._check_files()  # unreadable images reported and skipped (or an error); masks checked
-    items = dict(zip(SPLITS, datamodule._splits()))
+    items = dict(zip(SPLITS, datamodule._splits(), strict=False))
     sizes, kind = {}, None
     for split in splits:
         if not items[split]:

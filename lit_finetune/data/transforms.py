@@ -19,7 +19,13 @@ def _to_normalized_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> li
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
     """Resize the short side, center crop, scale to [0, 1] and normalize."""
-    return v2.Compose([v2.Resize(pre.resize_size, interpolation=pre.interpolation, antialias=True), v2.CenterCrop(pre.crop_size), *_to_normalized_tensor(pre.mean, pre.std)])
+    return v2.Compose(
+        [
+            v2.Resize(pre.resize_size, interpolation=pre.interpolation, antialias=True),
+            v2.CenterCrop(pre.crop_size),
+            *_to_normalized_tensor(pre.mean, pre.std),
+        ]
+    )
 
 
 Augment = Literal["none", "basic", "randaugment", "trivialaugment", "autoaugment"]

@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from typing import Callable, Literal, NamedTuple, Optional, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ EMPTY_TARGETS = ("ignore", "zero", "smooth")
 
 Statistics = dict[str, Tensor]
 SampleLossFn = Callable[[Statistics], tuple[Tensor, Tensor]]
-ClassWeights = Optional[Union[Tensor, Sequence[float]]]
+ClassWeights = Tensor | Sequence[float] | None
 
 # Smallest log-probability used when probabilities (not logits) are given: the value
 # torch.nn.functional.binary_cross_entropy clamps its logarithms to.
@@ -58,7 +58,7 @@ def _check_task(task: str) -> None:
     _check_choice("task", task, TASKS)
 
 
-def _check_num_classes(num_classes: Optional[int], task: str) -> None:
+def _check_num_classes(num_classes: int | None, task: str) -> None:
     if num_classes is None:
         return
     if not isinstance(num_classes, int) or isinstance(num_classes, bool):
@@ -73,7 +73,7 @@ def _check_num_classes(num_classes: Optional[int], task: str) -> None:
         raise ValueError(f"`num_classes` must be >= {minimum} for task={task!r}, got {num_classes}.")
 
 
-def _check_ignore_index(ignore_index: Optional[int]) -> None:
+def _check_ignore_index(ignore_index: int | None) -> None:
     if ignore_index is not None and (not isinstance(ignore_index, int) or isinstance(ignore_index, bool)):
         raise ValueError(f"`ignore_index` must be an int (for example 255 or -100) or None, got {ignore_index!r}.")
 
@@ -88,7 +88,7 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
 
 
-def _check_unit_interval(name: str, value: Optional[float], allow_none: bool = False) -> None:
+def _check_unit_interval(name: str, value: float | None, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -106,7 +106,7 @@ def _check_reduction(reduction: str, aggregation: str, sum_allowed_globally: boo
         )
 
 
-def _check_class_weights(class_weights: ClassWeights, task: str, num_classes: Optional[int]) -> Optional[Tensor]:
+def _check_class_weights(class_weights: ClassWeights, task: str, num_classes: int | None) -> Tensor | None:
     """Validate class weights and return them as a float tensor rescaled to mean 1.
 
     Dividing by the sum (and multiplying by the number of classes) makes only the ratios matter:
@@ -168,8 +168,8 @@ def _format_inputs(
     preds: Tensor,
     target: Tensor,
     task: str,
-    num_classes: Optional[int],
-    ignore_index: Optional[int],
+    num_classes: int | None,
+    ignore_index: int | None,
     validate_args: bool,
 ) -> _Inputs:
     """Check shapes and return ``preds``, ``target`` and the mask of valid entries as ``(N, C, S)``.
@@ -187,13 +187,13 @@ def _format_inputs(
     return _format_multiclass(preds, target, num_classes, ignore_index, validate_args)
 
 
-def _valid_mask(target: Tensor, ignore_index: Optional[int]) -> Tensor:
+def _valid_mask(target: Tensor, ignore_index: int | None) -> Tensor:
     if ignore_index is None:
         return torch.ones_like(target, dtype=torch.bool)
     return target != ignore_index
 
 
-def _check_unit_range(target: Tensor, valid: Tensor, task: str, ignore_index: Optional[int]) -> None:
+def _check_unit_range(target: Tensor, valid: Tensor, task: str, ignore_index: int | None) -> None:
     bad = valid & ((target < 0) | (target > 1))
     if bad.any():
         value = target[bad].flatten()[0].item()
@@ -201,7 +201,7 @@ def _check_unit_range(target: Tensor, valid: Tensor, task: str, ignore_index: Op
         raise ValueError(f"For task={task!r}, `target` values must lie in [0, 1], found {value}.{hint}")
 
 
-def _format_binary(preds: Tensor, target: Tensor, ignore_index: Optional[int], validate_args: bool) -> _Inputs:
+def _format_binary(preds: Tensor, target: Tensor, ignore_index: int | None, validate_args: bool) -> _Inputs:
     squeezed = preds.ndim >= 2 and preds.shape[1] == 1 and target.shape == preds.shape[:1] + preds.shape[2:]
     if target.shape != preds.shape and not squeezed:
         raise ValueError(
@@ -218,11 +218,9 @@ def _format_binary(preds: Tensor, target: Tensor, ignore_index: Optional[int], v
     return _Inputs(preds.reshape(n, 1, -1), target, valid, hard)
 
 
-def _check_channels(preds: Tensor, num_classes: Optional[int], task: str) -> None:
+def _check_channels(preds: Tensor, num_classes: int | None, task: str) -> None:
     if preds.ndim < 2:
-        raise ValueError(
-            f"For task={task!r}, `preds` must have shape (N, C) or (N, C, H, W[, D]), got {tuple(preds.shape)}."
-        )
+        raise ValueError(f"For task={task!r}, `preds` must have shape (N, C) or (N, C, H, W[, D]), got {tuple(preds.shape)}.")
     if num_classes is not None and preds.shape[1] != num_classes:
         raise ValueError(
             f"`preds` has {preds.shape[1]} channels in dimension 1 but `num_classes` is {num_classes}; "
@@ -230,9 +228,7 @@ def _check_channels(preds: Tensor, num_classes: Optional[int], task: str) -> Non
         )
 
 
-def _format_multilabel(
-    preds: Tensor, target: Tensor, num_classes: Optional[int], ignore_index: Optional[int], validate_args: bool
-) -> _Inputs:
+def _format_multilabel(preds: Tensor, target: Tensor, num_classes: int | None, ignore_index: int | None, validate_args: bool) -> _Inputs:
     _check_channels(preds, num_classes, "multilabel")
     if target.shape != preds.shape:
         raise ValueError(
@@ -249,9 +245,7 @@ def _format_multilabel(
     return _Inputs(preds.reshape(n, c, -1), target, valid, hard)
 
 
-def _format_multiclass(
-    preds: Tensor, target: Tensor, num_classes: Optional[int], ignore_index: Optional[int], validate_args: bool
-) -> _Inputs:
+def _format_multiclass(preds: Tensor, target: Tensor, num_classes: int | None, ignore_index: int | None, validate_args: bool) -> _Inputs:
     _check_channels(preds, num_classes, "multiclass")
     n, c = preds.shape[:2]
     index_shape = preds.shape[:1] + preds.shape[2:]
@@ -276,9 +270,7 @@ def _format_multiclass(
     )
 
 
-def _one_hot(
-    target: Tensor, num_classes: int, ignore_index: Optional[int], validate_args: bool, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
+def _one_hot(target: Tensor, num_classes: int, ignore_index: int | None, validate_args: bool, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """One-hot encode class indices ``(N, S)`` -> ``(N, C, S)``; ignored entries never reach ``one_hot``."""
     if target.is_floating_point() or target.is_complex():
         raise ValueError(
@@ -292,9 +284,7 @@ def _one_hot(
         if low < 0 or high >= num_classes:
             bad = safe[(safe < 0) | (safe >= num_classes)][0].item()
             hint = "" if ignore_index is not None else " Set `ignore_index` if this value marks pixels to ignore."
-            raise ValueError(
-                f"`target` holds class index {bad} but `preds` has {num_classes} classes (0..{num_classes - 1}).{hint}"
-            )
+            raise ValueError(f"`target` holds class index {bad} but `preds` has {num_classes} classes (0..{num_classes - 1}).{hint}")
     valid = valid.unsqueeze(1)
     one_hot = torch.zeros((safe.shape[0], num_classes, safe.shape[1]), dtype=dtype, device=safe.device)
     one_hot.scatter_(1, safe.unsqueeze(1), valid.to(dtype))
@@ -320,7 +310,7 @@ def _multiclass_log_probabilities(preds: Tensor, from_logits: bool) -> Tensor:
     return preds.log().clamp_min(_LOG_CLAMP)
 
 
-def _resolve_class_weights(class_weights: Optional[Tensor], num_channels: int, like: Tensor) -> Optional[Tensor]:
+def _resolve_class_weights(class_weights: Tensor | None, num_channels: int, like: Tensor) -> Tensor | None:
     if class_weights is None:
         return None
     if class_weights.numel() != num_channels:
@@ -358,7 +348,7 @@ def _reduce(
     sample_loss: SampleLossFn,
     aggregation: str,
     reduction: str,
-    global_sum: Optional[Callable[[Statistics], Tensor]] = None,
+    global_sum: Callable[[Statistics], Tensor] | None = None,
 ) -> Tensor:
     """Apply ``reduction`` to per-sample statistics; ``none`` gives one loss per sample, shape ``(N,)``."""
     if reduction == "none":

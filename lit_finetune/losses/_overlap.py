@@ -10,7 +10,7 @@ gives a perfect score, which ``sum(p * t)`` does not).
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -48,8 +48,8 @@ STATISTICS = ("intersection", "pred_sum", "target_sum", "valid")
 
 def _check_overlap_args(
     task: str,
-    num_classes: Optional[int],
-    ignore_index: Optional[int],
+    num_classes: int | None,
+    ignore_index: int | None,
     include_background: bool,
     class_weights: ClassWeights,
     smooth: float,
@@ -57,7 +57,7 @@ def _check_overlap_args(
     aggregation: str,
     empty_target: str,
     reduction: str,
-) -> Optional[Tensor]:
+) -> Tensor | None:
     """Validate the options of an overlap loss; return the normalised class weights."""
     _check_task(task)
     _check_num_classes(num_classes, task)
@@ -87,9 +87,9 @@ def _overlap_update(
     preds: Tensor,
     target: Tensor,
     task: str,
-    num_classes: Optional[int],
+    num_classes: int | None,
     from_logits: bool,
-    ignore_index: Optional[int],
+    ignore_index: int | None,
     include_background: bool,
     validate_args: bool,
 ) -> Statistics:
@@ -116,7 +116,7 @@ def _overlap_sample_loss(
     smooth: float,
     eps: float,
     log_loss: bool,
-    class_weights: Optional[Tensor],
+    class_weights: Tensor | None,
     empty_target: str,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample loss ``(N,)``: the (weighted) mean over classes of ``1 - score`` or ``-log(score)``.
@@ -142,7 +142,7 @@ def _overlap_sample_loss(
     return _safe_divide((loss * weights).sum(dim=1), total), (total > 0).to(loss.dtype)
 
 
-def _class_weights_for_stats(class_weights: Optional[Tensor], task: str, include_background: bool) -> Optional[Tensor]:
+def _class_weights_for_stats(class_weights: Tensor | None, task: str, include_background: bool) -> Tensor | None:
     if class_weights is not None and task == "multiclass" and not include_background:
         return class_weights[1:]
     return class_weights
@@ -153,9 +153,9 @@ def _overlap_loss(
     target: Tensor,
     score_fn: ScoreFn,
     task: str,
-    num_classes: Optional[int],
+    num_classes: int | None,
     from_logits: bool,
-    ignore_index: Optional[int],
+    ignore_index: int | None,
     include_background: bool,
     class_weights: ClassWeights,
     smooth: float,
@@ -188,11 +188,11 @@ class _OverlapLoss(StatisticsLoss):
     def __init__(
         self,
         task: Task,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         from_logits: bool = True,
-        ignore_index: Optional[int] = None,
+        ignore_index: int | None = None,
         include_background: bool = True,
-        class_weights: Optional[list[float]] = None,
+        class_weights: list[float] | None = None,
         smooth: float = 0.0,
         eps: float = 1e-7,
         log_loss: bool = False,

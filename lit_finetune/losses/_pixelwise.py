@@ -13,8 +13,6 @@ even for ``gamma < 1`` (where the power form has an infinite derivative at ``p_t
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -43,12 +41,12 @@ STATISTICS = ("loss_sum", "weight_sum")
 
 def _check_pixelwise_args(
     task: str,
-    num_classes: Optional[int],
-    ignore_index: Optional[int],
+    num_classes: int | None,
+    ignore_index: int | None,
     class_weights: ClassWeights,
     aggregation: str,
     reduction: str,
-) -> Optional[Tensor]:
+) -> Tensor | None:
     _check_task(task)
     _check_num_classes(num_classes, task)
     _check_ignore_index(ignore_index)
@@ -62,7 +60,7 @@ def _log_one_minus_exp(log_p: Tensor) -> Tensor:
 
 
 def _sigmoid_element_loss(
-    preds: Tensor, target: Tensor, from_logits: bool, gamma: float, alpha: Optional[float], label_smoothing: float
+    preds: Tensor, target: Tensor, from_logits: bool, gamma: float, alpha: float | None, label_smoothing: float
 ) -> Tensor:
     """Element-wise (focal) binary cross-entropy ``(N, C, S)`` for sigmoid outputs."""
     if label_smoothing > 0:
@@ -78,9 +76,7 @@ def _sigmoid_element_loss(
     return loss
 
 
-def _softmax_element_loss(
-    preds: Tensor, target: Tensor, valid: Tensor, from_logits: bool, gamma: float, label_smoothing: float
-) -> Tensor:
+def _softmax_element_loss(preds: Tensor, target: Tensor, valid: Tensor, from_logits: bool, gamma: float, label_smoothing: float) -> Tensor:
     """Per-class terms ``(N, C, S)`` of the (focal) softmax cross-entropy."""
     if label_smoothing > 0:
         target = target * (1 - label_smoothing) + valid * (label_smoothing / target.shape[1])
@@ -95,12 +91,12 @@ def _pixelwise_update(
     preds: Tensor,
     target: Tensor,
     task: str,
-    num_classes: Optional[int],
+    num_classes: int | None,
     from_logits: bool,
-    ignore_index: Optional[int],
-    class_weights: Optional[Tensor],
+    ignore_index: int | None,
+    class_weights: Tensor | None,
     gamma: float,
-    alpha: Optional[float],
+    alpha: float | None,
     label_smoothing: float,
     validate_args: bool,
 ) -> Statistics:
@@ -144,17 +140,17 @@ class _PixelwiseLoss(StatisticsLoss):
 
     # Overridden by the subclasses' __init__ arguments.
     gamma: float = 0.0
-    alpha: Optional[float] = None
+    alpha: float | None = None
     label_smoothing: float = 0.0
     class_weights: Tensor | None  # a buffer
 
     def __init__(
         self,
         task: Task,
-        num_classes: Optional[int],
+        num_classes: int | None,
         from_logits: bool,
-        ignore_index: Optional[int],
-        class_weights: Optional[list[float]],
+        ignore_index: int | None,
+        class_weights: list[float] | None,
         aggregation: Aggregation,
         reduction: Reduction,
         validate_args: bool,

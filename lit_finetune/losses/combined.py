@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, cast
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -81,7 +81,9 @@ class _CrossEntropyDiceLoss(StatisticsLoss):
         return epoch
 
     def loss_from_epoch_statistics(self, epoch: Statistics) -> Tensor:
-        return cast(Tensor, sum(weight * loss.loss_from_epoch_statistics(self._split(epoch, prefix)) for prefix, loss, weight in self._terms()))
+        return cast(
+            Tensor, sum(weight * loss.loss_from_epoch_statistics(self._split(epoch, prefix)) for prefix, loss, weight in self._terms())
+        )
 
     def epoch_statistics_defaults(self) -> Statistics:
         defaults: Statistics = {}
@@ -92,10 +94,13 @@ class _CrossEntropyDiceLoss(StatisticsLoss):
     def forward(self, preds: Tensor, target: Tensor) -> Tensor:
         """Compute ``ce_weight * CE + dice_weight * Dice`` with the configured ``reduction``."""
         stats = self.sample_statistics(preds, target)
-        return cast(Tensor, sum(
-            weight * _reduce(self._split(stats, prefix), loss.sample_loss, self.aggregation, self.reduction, loss.global_sum)
-            for prefix, loss, weight in self._terms()
-        ))
+        return cast(
+            Tensor,
+            sum(
+                weight * _reduce(self._split(stats, prefix), loss.sample_loss, self.aggregation, self.reduction, loss.global_sum)
+                for prefix, loss, weight in self._terms()
+            ),
+        )
 
 
 class BCEDiceLoss(_CrossEntropyDiceLoss):
@@ -138,10 +143,10 @@ class BCEDiceLoss(_CrossEntropyDiceLoss):
         task: Literal["binary", "multilabel"] = "binary",
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         from_logits: bool = True,
-        ignore_index: Optional[int] = None,
-        class_weights: Optional[list[float]] = None,
+        ignore_index: int | None = None,
+        class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
         smooth: float = 0.0,
         eps: float = 1e-7,
@@ -204,11 +209,11 @@ class CEDiceLoss(_CrossEntropyDiceLoss):
         self,
         ce_weight: float = 1.0,
         dice_weight: float = 1.0,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         from_logits: bool = True,
-        ignore_index: Optional[int] = None,
+        ignore_index: int | None = None,
         include_background: bool = True,
-        class_weights: Optional[list[float]] = None,
+        class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
         smooth: float = 0.0,
         eps: float = 1e-7,
@@ -236,9 +241,9 @@ def bce_dice_loss(
     task: Literal["binary", "multilabel"] = "binary",
     bce_weight: float = 1.0,
     dice_weight: float = 1.0,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     from_logits: bool = True,
-    ignore_index: Optional[int] = None,
+    ignore_index: int | None = None,
     class_weights: ClassWeights = None,
     label_smoothing: float = 0.0,
     smooth: float = 0.0,
@@ -270,9 +275,9 @@ def ce_dice_loss(
     target: Tensor,
     ce_weight: float = 1.0,
     dice_weight: float = 1.0,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     from_logits: bool = True,
-    ignore_index: Optional[int] = None,
+    ignore_index: int | None = None,
     include_background: bool = True,
     class_weights: ClassWeights = None,
     label_smoothing: float = 0.0,
@@ -298,4 +303,3 @@ def ce_dice_loss(
         label_smoothing, smooth, eps, log_loss, aggregation, empty_target, reduction, validate_args,
     )  # fmt: skip
     return loss.to(preds.device)(preds, target)
-

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor, nn
 
 from lit_finetune.losses._common import Aggregation, ClassWeights, Reduction, Task, _check_unit_interval, _reduce
@@ -21,9 +19,9 @@ def soft_cross_entropy_loss(
     target: Tensor,
     task: Task,
     label_smoothing: float = 0.0,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     from_logits: bool = True,
-    ignore_index: Optional[int] = None,
+    ignore_index: int | None = None,
     class_weights: ClassWeights = None,
     aggregation: Aggregation = "global",
     reduction: Reduction = "mean",
@@ -84,10 +82,10 @@ class SoftCrossEntropyLoss(_PixelwiseLoss):
         self,
         task: Task,
         label_smoothing: float = 0.0,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         from_logits: bool = True,
-        ignore_index: Optional[int] = None,
-        class_weights: Optional[list[float]] = None,
+        ignore_index: int | None = None,
+        class_weights: list[float] | None = None,
         aggregation: Aggregation = "global",
         reduction: Reduction = "mean",
         validate_args: bool = True,

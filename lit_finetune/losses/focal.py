@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from torch import Tensor
 
@@ -17,7 +16,7 @@ from lit_finetune.losses._pixelwise import (
 )
 
 
-def _check_focal_args(task: str, gamma: float, alpha: Optional[float]) -> None:
+def _check_focal_args(task: str, gamma: float, alpha: float | None) -> None:
     if not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
         raise ValueError(f"`gamma` must be a finite number >= 0 (0 gives cross-entropy, 2 is usual), got {gamma!r}.")
     _check_unit_interval("alpha", alpha, allow_none=True)
@@ -33,10 +32,10 @@ def focal_loss(
     target: Tensor,
     task: Task,
     gamma: float = 2.0,
-    alpha: Optional[float] = None,
-    num_classes: Optional[int] = None,
+    alpha: float | None = None,
+    num_classes: int | None = None,
     from_logits: bool = True,
-    ignore_index: Optional[int] = None,
+    ignore_index: int | None = None,
     class_weights: ClassWeights = None,
     aggregation: Aggregation = "global",
     reduction: Reduction = "mean",
@@ -54,9 +53,7 @@ def focal_loss(
     """
     weights = _check_pixelwise_args(task, num_classes, ignore_index, class_weights, aggregation, reduction)
     _check_focal_args(task, gamma, alpha)
-    stats = _pixelwise_update(
-        preds, target, task, num_classes, from_logits, ignore_index, weights, gamma, alpha, 0.0, validate_args
-    )
+    stats = _pixelwise_update(preds, target, task, num_classes, from_logits, ignore_index, weights, gamma, alpha, 0.0, validate_args)
     return _reduce(stats, _pixelwise_sample_loss, aggregation, reduction, _pixelwise_global_sum)
 
 
@@ -101,11 +98,11 @@ class FocalLoss(_PixelwiseLoss):
         self,
         task: Task,
         gamma: float = 2.0,
-        alpha: Optional[float] = None,
-        num_classes: Optional[int] = None,
+        alpha: float | None = None,
+        num_classes: int | None = None,
         from_logits: bool = True,
-        ignore_index: Optional[int] = None,
-        class_weights: Optional[list[float]] = None,
+        ignore_index: int | None = None,
+        class_weights: list[float] | None = None,
         aggregation: Aggregation = "global",
         reduction: Reduction = "mean",
         validate_args: bool = True,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor
 
 from lit_finetune.losses._common import Aggregation, ClassWeights, EmptyTarget, Reduction, Task
@@ -18,9 +16,9 @@ def jaccard_loss(
     preds: Tensor,
     target: Tensor,
     task: Task,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     from_logits: bool = True,
-    ignore_index: Optional[int] = None,
+    ignore_index: int | None = None,
     include_background: bool = True,
     class_weights: ClassWeights = None,
     smooth: float = 0.0,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -68,8 +66,8 @@ class LossMetric(Metric):
         self._state_names = tuple(defaults)
         for name, default in defaults.items():
             self.add_state(_STATE_PREFIX + name, default=default, dist_reduce_fx="sum")
-        self.sample_loss: Optional[Tensor] = None
-        self._batch: Optional[Statistics] = None
+        self.sample_loss: Tensor | None = None
+        self._batch: Statistics | None = None
 
     def forward(self, preds: Tensor, target: Tensor) -> Tensor:
         """Return the differentiable mean loss of the batch and add the batch to the states."""
@@ -115,7 +113,7 @@ def _mean_defaults() -> Statistics:
     return {"loss_sum": torch.zeros(()), "count": torch.zeros(())}
 
 
-def _foreign_loss(loss: nn.Module, preds: Tensor, target: Tensor) -> tuple[Tensor, Optional[Tensor], Statistics]:
+def _foreign_loss(loss: nn.Module, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None, Statistics]:
     """Batch mean, per-sample losses (or None) and (sum, count) of a loss outside this library."""
     output = loss(preds, target)
     if output.ndim == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
 
 from torch import Tensor
 
@@ -33,9 +32,9 @@ def tversky_loss(
     task: Task,
     alpha: float = 0.5,
     beta: float = 0.5,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     from_logits: bool = True,
-    ignore_index: Optional[int] = None,
+    ignore_index: int | None = None,
     include_background: bool = True,
     class_weights: ClassWeights = None,
     smooth: float = 0.0,
@@ -104,11 +103,11 @@ class TverskyLoss(_OverlapLoss):
         task: Task,
         alpha: float = 0.5,
         beta: float = 0.5,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         from_logits: bool = True,
-        ignore_index: Optional[int] = None,
+        ignore_index: int | None = None,
         include_background: bool = True,
-        class_weights: Optional[list[float]] = None,
+        class_weights: list[float] | None = None,
         smooth: float = 0.0,
         eps: float = 1e-7,
         log_loss: bool = False,

@@ -41,7 +41,9 @@ class ClassifierHead(nn.Module):
         super().__init__()
         hidden_dims = list(hidden_dims or [])
         if in_features <= 0 or num_classes <= 0 or any(h <= 0 for h in hidden_dims):
-            raise ValueError(f"Head sizes must be positive, got in_features={in_features}, num_classes={num_classes}, hidden_dims={hidden_dims}.")
+            raise ValueError(
+                f"Head sizes must be positive, got in_features={in_features}, num_classes={num_classes}, hidden_dims={hidden_dims}."
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
         if activation not in self.ACTIVATIONS:

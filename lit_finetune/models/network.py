@@ -24,7 +24,7 @@ def run_frozen(module: nn.Module, images: Tensor, call: Callable[[Tensor], Any] 
         with torch.no_grad():
             return (call if call is not None else module)(images)
     finally:
-        for m, mode in zip(module.modules(), modes):
+        for m, mode in zip(module.modules(), modes, strict=False):
             m.training = mode
 
 

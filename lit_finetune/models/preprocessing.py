@@ -59,7 +59,9 @@ def weights_preprocessing(backbone: str | None, weights: str | None, unknown_nam
     if enum is not None:
         preset = enum.transforms()
         if hasattr(preset, "crop_size"):
-            return Preprocessing(int(preset.resize_size[0]), int(preset.crop_size[0]), tuple(preset.mean), tuple(preset.std), preset.interpolation)
+            return Preprocessing(
+                int(preset.resize_size[0]), int(preset.crop_size[0]), tuple(preset.mean), tuple(preset.std), preset.interpolation
+            )
         size = int(preset.resize_size[0]) if preset.resize_size else SEGMENTATION_SIZE
         return Preprocessing(size, size, tuple(preset.mean), tuple(preset.std), preset.interpolation)
     crop = DEFAULT_INPUT_SIZE.get(backbone or "", 224)

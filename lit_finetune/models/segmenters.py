@@ -144,7 +144,9 @@ class TorchvisionSegmenter(BackboneHeadNetwork):
                 model.aux_classifier = None
         else:
             backbone_enum = resolve_weights(_backbone_family(name), weights_backbone) if weights_backbone else None
-            model = get_model(name, weights=None, weights_backbone=backbone_enum, num_classes=num_classes, **({"aux_loss": True} if aux else {}))
+            model = get_model(
+                name, weights=None, weights_backbone=backbone_enum, num_classes=num_classes, **({"aux_loss": True} if aux else {})
+            )
         self.backbone = model.backbone
         self.head = nn.ModuleDict({"classifier": model.classifier})
         if getattr(model, "aux_classifier", None) is not None:
@@ -175,7 +177,9 @@ class TorchvisionSegmenter(BackboneHeadNetwork):
         logits = classifier(features) if isinstance(classifier, LRASPPHead) else classifier(features["out"])
         out = {keys.LOGITS: F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
         if self.training and "aux_classifier" in self.head and "aux" in features:
-            out[keys.AUX_LOGITS] = F.interpolate(self.head["aux_classifier"](features["aux"]), size=size, mode="bilinear", align_corners=False)
+            out[keys.AUX_LOGITS] = F.interpolate(
+                self.head["aux_classifier"](features["aux"]), size=size, mode="bilinear", align_corners=False
+            )
         return out
 
 
@@ -204,7 +208,9 @@ def pyramid_nodes(model: nn.Module, probe_size: int = PROBE_SIZE) -> list[tuple[
     names = [n for n in _stage_outputs(model) if n in modules]
     shapes: dict[str, tuple[int, ...]] = {}
     handles = [
-        modules[n].register_forward_hook(lambda m, a, out, _n=n: shapes.__setitem__(_n, tuple(out.shape)) if isinstance(out, Tensor) else None)
+        modules[n].register_forward_hook(
+            lambda m, a, out, _n=n: shapes.__setitem__(_n, tuple(out.shape)) if isinstance(out, Tensor) else None
+        )
         for n in names
     ]
     modes = [m.training for m in model.modules()]
@@ -214,7 +220,7 @@ def pyramid_nodes(model: nn.Module, probe_size: int = PROBE_SIZE) -> list[tuple[
     finally:
         for handle in handles:
             handle.remove()
-        for m, mode in zip(model.modules(), modes):
+        for m, mode in zip(model.modules(), modes, strict=False):
             m.training = mode
     by_stride: dict[int, tuple[str, int, int]] = {}
     for n in names:
@@ -264,7 +270,7 @@ class UNetDecoder(nn.Module):
             raise ValueError(f"`decoder_channels` must be a non-empty list of positive widths, got {list(decoder_channels)}.")
         widths = [decoder_channels[min(i, len(decoder_channels) - 1)] for i in range(len(channels) - 1)]
         blocks, width = [], channels[-1]
-        for skip, out in zip(reversed(channels[:-1]), widths):
+        for skip, out in zip(reversed(channels[:-1]), widths, strict=False):
             blocks.append(DecoderBlock(width, skip, out))
             width = out
         self.blocks = nn.ModuleList(blocks)
@@ -273,7 +279,7 @@ class UNetDecoder(nn.Module):
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         x = features[-1]
-        for block, skip in zip(self.blocks, reversed(features[:-1])):
+        for block, skip in zip(self.blocks, reversed(features[:-1]), strict=False):
             x = block(x, skip)
         return self.classifier(self.dropout(x))
 
@@ -330,7 +336,9 @@ class EncoderDecoderSegmenter(BackboneHeadNetwork):
             self.head = UNetDecoder(channels, decoder_channels, num_classes, decoder_dropout)
             return
         if backbone.startswith(TOKEN_FAMILIES):
-            raise ValueError(f"'{backbone}' gives tokens, not (N, C, H, W) feature maps: pick a convolutional encoder (resnet, efficientnet, convnext, mobilenet, regnet, ...).")
+            raise ValueError(
+                f"'{backbone}' gives tokens, not (N, C, H, W) feature maps: pick a convolutional encoder (resnet, efficientnet, convnext, mobilenet, regnet, ...)."
+            )
         model, _ = create_backbone(backbone, weights, trust_pickle=trust_pickle, aux_logits=False, model_kwargs=backbone_kwargs)
         nodes = pyramid_nodes(model)
         self.strides = [stride for _, stride, _ in nodes]
@@ -383,4 +391,6 @@ def build_segmenter(
         raise ValueError(
             f"`weights_backbone` is for torchvision's segmentation models; '{name}' is an encoder: give its weights in `weights`."
         )
-    return EncoderDecoderSegmenter(name, num_classes, weights, decoder_channels, decoder_dropout, channels_last, trust_pickle, backbone_kwargs)
+    return EncoderDecoderSegmenter(
+        name, num_classes, weights, decoder_channels, decoder_dropout, channels_last, trust_pickle, backbone_kwargs
+    )

@@ -60,7 +60,7 @@ def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] =
             changed = False
             for prefix in prefixes:
                 if key.startswith(prefix):
-                    key = key[len(prefix):]
+                    key = key[len(prefix) :]
                     changed = True
         stripped[key] = value
     return stripped
@@ -68,13 +68,15 @@ def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] =
 
 def select_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """Keys under ``prefix`` (``"backbone."``) with the prefix removed; other keys are dropped."""
-    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
 def is_module_layout(state_dict: Mapping[str, Tensor]) -> bool:
     """True for the state_dict of a ``FinetuneClassifier``: every key under ``backbone.``, ``head.`` or ``loss.``."""
-    return bool(state_dict) and any(k.startswith("backbone.") for k in state_dict) and all(
-        k.startswith(("backbone.", "head.", "loss.")) for k in state_dict
+    return (
+        bool(state_dict)
+        and any(k.startswith("backbone.") for k in state_dict)
+        and all(k.startswith(("backbone.", "head.", "loss.")) for k in state_dict)
     )
 
 
@@ -354,7 +356,7 @@ def _pid_alive(pid: int) -> bool:
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete temporary files of writers to ``path`` that were killed (their process is gone)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-4]
+        pid = tmp.name[len(path.name) + 2 : -4]
         if pid.isdigit() and not _pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 

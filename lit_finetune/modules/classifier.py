@@ -265,7 +265,10 @@ class FinetuneClassifier(TaskLightningModule):
         """The forward of a step: compiled parts when ``compile``, test-time augmentation or cached features when on."""
         with self.network.compiled_calls(self.hparams.compile):
             if self._uses_tta():
-                forward = lambda images: self(images)[keys.LOGITS]
+
+                def forward(images):
+                    return self(images)[keys.LOGITS]
+
                 return {keys.LOGITS: tta_logits(self.task, forward, batch[keys.IMAGE], self.hparams.tta, self.hparams.tta_crop_fraction)}
             if self._uses_cache(batch, stage):
                 return self._cached_forward(batch, stage)

@@ -242,7 +242,9 @@ class SegmentationModule(TaskLightningModule):
         input_size = batch.get(keys.INPUT_SIZE)
         frame = tuple(target.shape[-2:])
         resized = (keys.LOGITS, keys.AUX_LOGITS)
-        return {name: logits_at_mask_size(value, input_size, mask_size, frame) if name in resized else value for name, value in outputs.items()}
+        return {
+            name: logits_at_mask_size(value, input_size, mask_size, frame) if name in resized else value for name, value in outputs.items()
+        }
 
     @torch.no_grad()
     def sample_losses(self, outputs: dict[str, Tensor], target: Tensor) -> Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -26,8 +25,8 @@ class FeatureCache:
     """
 
     def __init__(self) -> None:
-        self.features: Optional[Tensor] = None
-        self.filled: Optional[Tensor] = None
+        self.features: Tensor | None = None
+        self.filled: Tensor | None = None
         self.verified = False
 
     def clear(self) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any, Union
+from typing import Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-FreezeSpec = Union[int, str, list[str]]  # int first: `--model.freeze 2` on the command line is the number 2
+FreezeSpec = int | str | list[str]  # int first: `--model.freeze 2` on the command line is the number 2
 """``"none"``, ``"backbone"``, the number of leading stages, or a list of module/parameter-name globs."""
 
 

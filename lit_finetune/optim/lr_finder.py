@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -16,10 +16,10 @@ def suggest_lr(
     min_lr: float = 1e-6,
     max_lr: float = 1.0,
     num_training: int = 100,
-    early_stop_threshold: Optional[float] = 4.0,
+    early_stop_threshold: float | None = 4.0,
     attr_name: str = "head_lr",
-    plot_path: Optional[str] = None,
-) -> Optional[float]:
+    plot_path: str | None = None,
+) -> float | None:
     """Run Lightning's LR finder (``Tuner.lr_find``) and set ``model.<attr_name>`` to its suggestion.
 
     During the sweep every parameter group gets the same LR (Lightning's finder does so); the

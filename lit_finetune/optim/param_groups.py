@@ -28,9 +28,7 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = (
 )
 """Module types whose parameters get no weight decay."""
 
-NO_DECAY_NAMES = frozenset(
-    {"bias", "class_token", "pos_embedding", "relative_position_bias_table", "logit_scale", "absolute_pos_embed"}
-)
+NO_DECAY_NAMES = frozenset({"bias", "class_token", "pos_embedding", "relative_position_bias_table", "logit_scale", "absolute_pos_embed"})
 """Parameter names (last component) that get no weight decay: biases and, as in timm, tokens and position tables."""
 
 
@@ -133,11 +131,15 @@ def parameter_groups(
     stage_names = ["head"] + [f"{backbone_prefix}.stage{i}" for i in range(len(stages))]
     unknown = sorted(set(keep_separate) - set(stage_names))
     if unknown:
-        raise ValueError(f"keep_separate={unknown} names no part; the parts are 'head' and '{backbone_prefix}.stage0'..'{stage_names[-1]}'.")
+        raise ValueError(
+            f"keep_separate={unknown} names no part; the parts are 'head' and '{backbone_prefix}.stage0'..'{stage_names[-1]}'."
+        )
     if layers is not None and layer_decay != 1.0 and [list(layer) for layer in layers] != [list(stage) for stage in stages]:
         parts, names = layers, ["head"] + [f"{backbone_prefix}.layer{j}" for j in range(len(layers))]
         stage_of = _stage_of_layers(stages, layers)
-        separate = {j + 1 for j, i in enumerate(stage_of) if stage_names[i + 1] in keep_separate} | ({0} if "head" in keep_separate else set())
+        separate = {j + 1 for j, i in enumerate(stage_of) if stage_names[i + 1] in keep_separate} | (
+            {0} if "head" in keep_separate else set()
+        )
     else:
         parts, names = stages, stage_names
         separate = {index for index, name in enumerate(names) if name in keep_separate}

@@ -24,7 +24,6 @@ Example::
 
 import math
 from abc import ABC, abstractmethod
-from typing import Optional
 
 from torch import Tensor
 from torch.optim import Optimizer
@@ -135,7 +134,7 @@ class WarmupCosineLR(_GroupScaledLR):
     def __init__(
         self,
         optimizer: Optimizer,
-        total_steps: Optional[int] = None,
+        total_steps: int | None = None,
         warmup_steps: int = 0,
         warmup_start_factor: float = 0.0,
         min_lr_ratio: float = 0.0,

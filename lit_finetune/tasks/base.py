@@ -162,7 +162,11 @@ class Task(ABC):
 
 
 def loss_weight(
-    task: Task, value: str | Sequence[float] | None, class_counts: Sequence[int] | None, num_samples: int | None = None, counted: str = "training label"
+    task: Task,
+    value: str | Sequence[float] | None,
+    class_counts: Sequence[int] | None,
+    num_samples: int | None = None,
+    counted: str = "training label",
 ) -> Tensor | None:
     """The weight of ``task``'s default loss for the option ``value``: None (unweighted), one weight per output,
     or ``"auto"``: :meth:`Task.class_weights` of ``class_counts``, logged once (rank zero). The one path of

@@ -23,7 +23,7 @@ SOFT_CAPTION_CLASSES = 2
 def weighted_text(task: Task, weights: Tensor, limit: int = SOFT_CAPTION_CLASSES) -> str:
     """``"cat 0.62+dog 0.38"``: the ``limit`` heaviest classes of one soft target and their weights (zeros left out)."""
     values, order = weights.reshape(-1).float().sort(descending=True, stable=True)
-    parts = [f"{task.class_label(int(i))} {float(v):.2f}" for v, i in zip(values[:limit], order[:limit]) if v > 0]
+    parts = [f"{task.class_label(int(i))} {float(v):.2f}" for v, i in zip(values[:limit], order[:limit], strict=False) if v > 0]
     return "+".join(parts) or "-"
 
 
@@ -46,7 +46,9 @@ def positive_weights(positives: Sequence[int], num_samples: int, names: Sequence
             naming the labels.
     """
     counts = torch.as_tensor(list(positives), dtype=torch.float64)
-    empty = [f"'{name}' ({int(n)} positives of {num_samples})" for name, n in zip(names, counts) if n <= 0 or n >= num_samples]
+    empty = [
+        f"'{name}' ({int(n)} positives of {num_samples})" for name, n in zip(names, counts, strict=False) if n <= 0 or n >= num_samples
+    ]
     if empty:
         raise ValueError(
             f"`pos_weight: auto` needs positive and negative training images of every label; these have only one kind: "

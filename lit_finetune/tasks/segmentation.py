@@ -78,10 +78,15 @@ class SegmentationTask(Task):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}.")
         if mode == "binary" and ignore_index in (0, 1):
-            raise ValueError(f"ignore_index={ignore_index} is a class of binary targets (0 background, 1 foreground); use another value, e.g. 255.")
+            raise ValueError(
+                f"ignore_index={ignore_index} is a class of binary targets (0 background, 1 foreground); use another value, e.g. 255."
+            )
         if ignore_index is not None and 0 <= ignore_index < num_classes:
             # Allowed (ADE20K-style data ignores class 0), but that class is then never trained nor scored.
-            warnings.warn(f"ignore_index={ignore_index} is a class index (num_classes={num_classes}): that class is neither trained nor scored.", stacklevel=2)
+            warnings.warn(
+                f"ignore_index={ignore_index} is a class index (num_classes={num_classes}): that class is neither trained nor scored.",
+                stacklevel=2,
+            )
         super().__init__(num_classes, class_names)
         self.mode = mode
         self.binary = mode == "binary"
@@ -112,10 +117,14 @@ class SegmentationTask(Task):
     def default_loss(self, label_smoothing: float = 0.0, weight: Tensor | None = None) -> nn.Module:
         if self.binary:
             if weight is not None:
-                raise ValueError("Binary segmentation's default BCEDiceLoss takes no class weights; configure a `loss` of your own instead.")
+                raise ValueError(
+                    "Binary segmentation's default BCEDiceLoss takes no class weights; configure a `loss` of your own instead."
+                )
             return BCEDiceLoss(task="binary", ignore_index=self.ignore_index, label_smoothing=label_smoothing)
         weights = None if weight is None else [float(w) for w in weight]
-        return CEDiceLoss(num_classes=self.num_classes, ignore_index=self.ignore_index, class_weights=weights, label_smoothing=label_smoothing)
+        return CEDiceLoss(
+            num_classes=self.num_classes, ignore_index=self.ignore_index, class_weights=weights, label_smoothing=label_smoothing
+        )
 
     def class_weights(self, class_counts: Sequence[int], num_samples: int) -> Tensor:
         counts = torch.as_tensor(class_counts, dtype=torch.float32).clamp_min(1)  # pixels per class
@@ -218,7 +227,11 @@ class SegmentationTask(Task):
 
 
 def build_segmentation_task(
-    mode: SegmentationMode, num_classes: int, class_names: Sequence[str] | None = None, ignore_index: int | None = 255, threshold: float = 0.5
+    mode: SegmentationMode,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int | None = 255,
+    threshold: float = 0.5,
 ) -> SegmentationTask:
     """The segmentation task for ``mode`` (``"multiclass"`` or ``"binary"``); see :class:`SegmentationTask`.
 

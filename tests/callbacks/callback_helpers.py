@@ -50,8 +50,14 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_datamodule(root: Path, batch_size: int = 8) -> ImageFolderDataModule:
     return ImageFolderDataModule(
-        str(root), batch_size=batch_size, num_workers=0, backbone="resnet18",
-        image_size=32, resize_size=32, crop_scale=(0.8, 1.0), hflip=False,
+        str(root),
+        batch_size=batch_size,
+        num_workers=0,
+        backbone="resnet18",
+        image_size=32,
+        resize_size=32,
+        crop_scale=(0.8, 1.0),
+        hflip=False,
     )
 
 

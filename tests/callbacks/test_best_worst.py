@@ -7,12 +7,11 @@ import re
 import numpy as np
 import pytest
 import torch
+from callback_helpers import decode_image, text_of, val_losses
 
 from lit_finetune import keys
 from lit_finetune.callbacks._images import denormalize
 from lit_finetune.callbacks.best_worst import BestWorstSamples, _RunningTopK
-
-from callback_helpers import decode_image, text_of, val_losses
 
 
 def _logged_indices(text: str, kind: str) -> list[int]:
@@ -46,7 +45,7 @@ def test_tiles_show_the_chosen_images(full_run):
         x = 2 + col * 34  # 32-px tiles, 2-px border
         tile = grid[2:34, x : x + 32].astype(float)
         image = full_run.datamodule.val_set[index][keys.IMAGE].unsqueeze(0)
-        expected = (denormalize(image, model.image_mean, model.image_std)[0].permute(1, 2, 0).numpy() * 255)
+        expected = denormalize(image, model.image_mean, model.image_std)[0].permute(1, 2, 0).numpy() * 255
         assert np.abs(tile - expected).max() <= 2, f"tile {col} is not dataset image {index}"
     assert grid.shape[1] == 2 + 3 * 34  # k=3 tiles in one row, nothing more
 

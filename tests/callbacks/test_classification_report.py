@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from callback_helpers import CLASSES, text_of, val_losses
 
 from lit_finetune.callbacks.classification_report import ValidationReport
-
-from callback_helpers import CLASSES, text_of, val_losses
 
 
 def _parse_table(text: str) -> list[list[int]]:
@@ -19,7 +18,7 @@ def test_confusion_matrix_equals_direct_count(full_run):
     _, logits, targets = val_losses(full_run)
     pred = logits.argmax(dim=1)
     expected = torch.zeros(3, 3, dtype=torch.long)
-    for t, p in zip(targets.tolist(), pred.tolist()):
+    for t, p in zip(targets.tolist(), pred.tolist(), strict=False):
         expected[t, p] += 1
     (text,) = text_of(full_run.events, "zz-report/confusion_matrix_counts")
     assert _parse_table(text) == expected.tolist()

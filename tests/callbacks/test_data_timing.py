@@ -95,8 +95,15 @@ def test_a_real_run_reports_the_time_the_dataset_spends(tmp_path) -> None:
     timing = DataTiming(every_n_steps=3)
     logger = RecordingLogger()
     trainer = Trainer(
-        max_epochs=1, accelerator="cpu", logger=logger, callbacks=[timing], enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=50,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[timing],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=50,
     )
     start = time.perf_counter()
     trainer.fit(TinyModel(), DataLoader(SlowImages(batch * batches, delay), batch_size=batch, num_workers=0))

@@ -78,7 +78,7 @@ def planted_images(n: int = 4, size: int = 32) -> tuple[torch.Tensor, list[tuple
     """Faint noise with one bright 8x8 square in channel 0, in another place in each image."""
     images = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 0.1
     places = [(slice(2 + 6 * i, 10 + 6 * i), slice(20 - 5 * i, 28 - 5 * i)) for i in range(n)]
-    for image, (rows, cols) in zip(images, places):
+    for image, (rows, cols) in zip(images, places, strict=False):
         image[0, rows, cols] = 3.0
     return images, places
 
@@ -97,7 +97,7 @@ def test_the_map_peaks_on_the_planted_evidence(task: str, outputs: int) -> None:
     cam, pred, _ = GradCAM(num_images=4, target_layer="backbone.1").heatmaps(model, images)
     assert cam.shape == (4, 1, 32, 32)
     assert pred.tolist() == [1] * 4  # the class (multilabel: the label) whose evidence is the square
-    for heat, (rows, cols) in zip(cam[:, 0], places):
+    for heat, (rows, cols) in zip(cam[:, 0], places, strict=False):
         inside = torch.zeros_like(heat, dtype=torch.bool)
         inside[rows, cols] = True
         peak = divmod(int(heat.argmax()), heat.shape[1])

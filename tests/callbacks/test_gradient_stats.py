@@ -15,7 +15,9 @@ def _layers(names):
     return layers
 
 
-def _logged(events, tag, cache={}):
+def _logged(events, tag, cache=None):
+    if cache is None:
+        cache = {}
     if (id(events), tag) not in cache:
         cache[id(events), tag] = {e.step: e.value for e in events.Scalars(tag)}
     return cache[id(events), tag]

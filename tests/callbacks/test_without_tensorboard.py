@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+from callback_helpers import make_datamodule, make_model, make_trainer
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_finetune.callbacks.best_worst import BestWorstSamples
@@ -13,8 +14,6 @@ from lit_finetune.callbacks.gradcam import GradCAM
 from lit_finetune.callbacks.gradient_stats import GradientStats
 from lit_finetune.callbacks.hparams import HParamsSummary
 from lit_finetune.callbacks.nan_guard import NanGuard
-
-from callback_helpers import make_datamodule, make_model, make_trainer
 
 
 def test_csv_logger_only(tmp_path, image_root):

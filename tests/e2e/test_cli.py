@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from lightning.pytorch import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_finetune import keys
 from lit_finetune.cli import build_cli
@@ -134,7 +133,9 @@ class AmpProbe(Callback):
         self.unclipped.append(grad_norm(pl_module))
 
     def on_train_start(self, trainer, pl_module) -> None:
-        trainer.optimizers[0].register_step_post_hook(lambda *args: self.clipped.append(grad_norm(pl_module)))  # the gradients the step used
+        trainer.optimizers[0].register_step_post_hook(
+            lambda *args: self.clipped.append(grad_norm(pl_module))
+        )  # the gradients the step used
 
 
 def grad_norm(module) -> float:
@@ -144,7 +145,9 @@ def grad_norm(module) -> float:
 def test_lr_find_option_sets_the_head_lr_before_fitting(tmp_path: Path, image_folder: Path) -> None:
     # 2 batches an epoch: the sweep's 100 steps need 50 epochs; the fit that follows stops after 2 steps.
     config = write_config(tmp_path, image_folder, max_epochs=60, max_steps=2)
-    cli = build_cli(["fit", "--config", str(config), "--lr_find", "true", "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false"])
+    cli = build_cli(
+        ["fit", "--config", str(config), "--lr_find", "true", "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false"]
+    )
     assert cli.model.head_lr is not None and 1e-6 <= cli.model.head_lr <= 1.0
     assert (Path(cli.trainer.log_dir) / "lr_find.png").is_file()
     # The suggestion is the head group's LR for the training that followed.
@@ -158,8 +161,15 @@ def test_lr_find_option_sets_the_head_lr_before_fitting(tmp_path: Path, image_fo
         (["model:", "  backbone: resnet18", "  head_dropuot: 0.2", "data:", "  root: {root}"], 3, "model.head_dropuot"),
         (["model:", "  backbone: resnet18", "data:", "  root: {root}", "  batch_size: many"], 5, "data.batch_size"),
         (
-            ["model:", "  lr_scheduler:", "    class_path: torch.optim.lr_scheduler.StepLR", "    init_args:", "      gamma: 0.5",
-             "data:", "  root: {root}"],
+            [
+                "model:",
+                "  lr_scheduler:",
+                "    class_path: torch.optim.lr_scheduler.StepLR",
+                "    init_args:",
+                "      gamma: 0.5",
+                "data:",
+                "  root: {root}",
+            ],
             2,
             "model.lr_scheduler",
         ),

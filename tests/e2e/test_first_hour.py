@@ -10,14 +10,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import yaml
-
 ROOT = Path(__file__).resolve().parents[2]
 CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
-TINY = ["--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-        "--data.demo", "null", "--data.batch_size", "8", "--data.num_workers", "0",
-        "--model.lr_scheduler.init_args.T_max", "1"]
+TINY = [
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--data.demo",
+    "null",
+    "--data.batch_size",
+    "8",
+    "--data.num_workers",
+    "0",
+    "--model.lr_scheduler.init_args.T_max",
+    "1",
+]
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -19,8 +19,20 @@ CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "li
 def test_multilabel_quickstart_fits_and_predicts_label_sets(tmp_path: Path) -> None:
     data = write_digit_pairs(tmp_path / "digit_pairs", n_train=48, n_val=16)  # the demo, small
     config = ROOT / "configs" / "multilabel_quickstart.yaml"
-    common = ["--config", str(config), "--data.root", str(data), "--data.batch_size", "16", "--data.num_workers", "0",
-              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false"]
+    common = [
+        "--config",
+        str(config),
+        "--data.root",
+        str(data),
+        "--data.batch_size",
+        "16",
+        "--data.num_workers",
+        "0",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     fit = subprocess.run([CLI, "fit", *common, "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert fit.returncode == 0, fit.stdout[-3000:] + fit.stderr[-3000:]
 
@@ -35,7 +47,10 @@ def test_multilabel_quickstart_fits_and_predicts_label_sets(tmp_path: Path) -> N
     preds = tmp_path / "preds.csv"
     run = subprocess.run(
         [CLI, "predict", *common, "--ckpt_path", str(best), "--predictions.output_path", str(preds), "--model.threshold", "0.05"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = list(csv.DictReader(preds.open()))

@@ -69,7 +69,7 @@ def test_reference_defaults_are_the_printed_defaults(printed: dict, section: str
         if len(values) != len(names):
             assert not values, f"README's default of {names} ({default!r}): give one literal per option, or a phrase"
             continue  # a phrase: "from the data", "required", ...
-        for name, value in zip(names, values):
+        for name, value in zip(names, values, strict=False):
             expected = options[name]
             expected = list(expected) if isinstance(expected, tuple) else expected
             if isinstance(expected, dict) and "class_path" in expected:

@@ -22,17 +22,37 @@ def test_segmentation_quickstart_fits_and_predicts_masks_at_the_image_size(tmp_p
     data = write_digit_segmentation(tmp_path / "digits_seg", n_train=12, n_val=4)  # the demo, small
     config = ROOT / "configs" / "segmentation_quickstart.yaml"
     common = [
-        "--config", str(config), "--data.init_args.root", str(data), "--data.init_args.batch_size", "4",
-        "--data.init_args.num_workers", "0", "--data.init_args.image_size", "32",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+        "--config",
+        str(config),
+        "--data.init_args.root",
+        str(data),
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.image_size",
+        "32",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar",
+        "false",
     ]
-    env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    fit = subprocess.run([CLI, "fit", *common, "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "PATH": str(Path(sys.executable).parent),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    fit = subprocess.run(
+        [CLI, "fit", *common, "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env
+    )
     assert fit.returncode == 0, fit.stdout[-3000:] + fit.stderr[-3000:]
     run = tmp_path / "runs" / "segmentation_quickstart" / "version_0"
     assert len(list((run / "checkpoints").glob("epoch00-miou*.ckpt"))) == 1
 
-    predict = subprocess.run([CLI, "predict", *common, "--ckpt_path", "best"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
+    predict = subprocess.run(
+        [CLI, "predict", *common, "--ckpt_path", "best"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env
+    )
     assert predict.returncode == 0, predict.stdout[-3000:] + predict.stderr[-3000:]
     masks = sorted((run / "predict" / "best" / "masks").glob("*.png"))
     assert [m.name for m in masks] == [f"{i:05d}.png" for i in range(4)]  # the validation images, by name

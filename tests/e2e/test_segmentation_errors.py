@@ -22,7 +22,10 @@ def run_fit(tmp_path: Path, root: Path, backbone: str = "resnet18") -> subproces
     config = {
         "trainer": {"max_epochs": 1, "logger": False, "enable_progress_bar": False},
         "model": {"class_path": "lit_finetune.SegmentationModule", "init_args": {"backbone": backbone}},
-        "data": {"class_path": "lit_finetune.SegmentationDataModule", "init_args": {"root": str(root), "batch_size": 2, "num_workers": 0, "image_size": 32}},
+        "data": {
+            "class_path": "lit_finetune.SegmentationDataModule",
+            "init_args": {"root": str(root), "batch_size": 2, "num_workers": 0, "image_size": 32},
+        },
     }
     path = tmp_path / "seg.yaml"
     path.write_text(yaml.safe_dump(config))

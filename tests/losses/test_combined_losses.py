@@ -26,9 +26,7 @@ def test_bce_dice_is_weighted_sum(aggregation, reduction):
     target[1, 0, 0] = 255
     kw = dict(ignore_index=255, aggregation=aggregation, reduction=reduction)
     loss = BCEDiceLoss(task="binary", bce_weight=0.3, dice_weight=0.7, **kw)(logits, target)
-    expected = 0.3 * soft_cross_entropy_loss(logits, target, task="binary", **kw) + 0.7 * dice_loss(
-        logits, target, task="binary", **kw
-    )
+    expected = 0.3 * soft_cross_entropy_loss(logits, target, task="binary", **kw) + 0.7 * dice_loss(logits, target, task="binary", **kw)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(bce_dice_loss(logits, target, bce_weight=0.3, dice_weight=0.7, **kw), expected)
     if aggregation == "global" and reduction == "mean":

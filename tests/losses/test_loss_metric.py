@@ -212,9 +212,7 @@ def test_logged_through_lightning_gives_the_exact_epoch_value():
             self.log("val/loss", self.val_loss, on_epoch=True, batch_size=len(tgt))
 
     loader = DataLoader(TensorDataset(logits, target), batch_size=4)  # batches of 4, 4, 2
-    trainer = pl.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     (result,) = trainer.validate(Identity(), loader, verbose=False)
     expected = DiceLoss(task="multiclass", ignore_index=255)(logits, target)
     assert result["val/loss"] == pytest.approx(expected.item(), abs=1e-6)

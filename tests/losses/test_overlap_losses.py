@@ -106,9 +106,7 @@ def test_tversky_dice_jaccard_identities(task, aggregation):
     torch.testing.assert_close(tversky_loss(logits, target, alpha=0.5, beta=0.5, **kw), dice)
     torch.testing.assert_close(tversky_loss(logits, target, alpha=1.0, beta=1.0, **kw), jac)
     # Tversky with smooth s equals Dice with smooth 2s.
-    torch.testing.assert_close(
-        tversky_loss(logits, target, smooth=0.5, **kw), dice_loss(logits, target, smooth=1.0, **kw)
-    )
+    torch.testing.assert_close(tversky_loss(logits, target, smooth=0.5, **kw), dice_loss(logits, target, smooth=1.0, **kw))
     if task == "binary":  # one class: J = D / (2 - D) holds for each sample's score
         d, j = 1 - dice, 1 - jac
         torch.testing.assert_close(j, d / (2 - d))
@@ -224,7 +222,7 @@ def test_gradcheck_double(task):
         JaccardLoss(task=task, aggregation="per_sample", log_loss=True),
         TverskyLoss(task=task, alpha=0.3, beta=0.7, reduction="none"),
     ):
-        assert torch.autograd.gradcheck(lambda x: loss(x, target), (logits,))
+        assert torch.autograd.gradcheck(lambda x, loss=loss: loss(x, target), (logits,))
     if soft_ok:  # soft labels use |p - t|, differentiable away from p == t
         soft = torch.rand(logits.shape, dtype=torch.double, generator=torch.Generator().manual_seed(3))
         assert torch.autograd.gradcheck(lambda x: dice_loss(x, soft, task=task), (logits,))

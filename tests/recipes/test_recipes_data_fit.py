@@ -18,14 +18,31 @@ from lit_finetune.data import ImageFolderDataModule
 def test_a_fit_with_every_data_recipe_on(image_folder: Path, tmp_path: Path, one_thread, task: str) -> None:
     torch.manual_seed(0)
     dm = ImageFolderDataModule(
-        str(image_folder), batch_size=4, num_workers=0, backbone="resnet18", image_size=32, resize_size=32, task=task,
-        augment="trivialaugment", random_erasing=0.25, mixup_alpha=0.2, cutmix_alpha=1.0, sampler="balanced", train_fraction=0.5,
+        str(image_folder),
+        batch_size=4,
+        num_workers=0,
+        backbone="resnet18",
+        image_size=32,
+        resize_size=32,
+        task=task,
+        augment="trivialaugment",
+        random_erasing=0.25,
+        mixup_alpha=0.2,
+        cutmix_alpha=1.0,
+        sampler="balanced",
+        train_fraction=0.5,
     )
     model = FinetuneClassifier(num_classes=dm.num_classes, backbone="resnet18", task=task, class_names=dm.class_names)
     best_worst = BestWorstSamples(k=2, stages=["train", "val"])
     trainer = Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", enable_progress_bar=False,
-        enable_checkpointing=False, num_sanity_val_steps=0, callbacks=[best_worst],
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        callbacks=[best_worst],
         logger=TensorBoardLogger(str(tmp_path), name="fit"),
     )
     trainer.fit(model, datamodule=dm)

@@ -56,8 +56,9 @@ def ema_run(image_folder: Path, tmp_path: Path, one_thread):
     # Saved at every epoch end, as the command line's checkpoint does (one saved only at the end of training,
     # after Lightning copied the average into the module, would hold the average as the raw weights too).
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1,
-                           callbacks=[EMAWeightAveraging(decay=DECAY), hand, checkpoints])
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[EMAWeightAveraging(decay=DECAY), hand, checkpoints]
+    )
     trainer.fit(model, datamodule=tiny_data(image_folder))
     return model, hand, tmp_path / "ckpt" / "last.ckpt"
 
@@ -65,7 +66,7 @@ def ema_run(image_folder: Path, tmp_path: Path, one_thread):
 def test_validation_runs_on_the_averaged_weights(ema_run) -> None:
     model, hand, _ = ema_run
     assert len(hand.validated) == 2
-    for validated, expected in zip(hand.validated, hand.expected):
+    for validated, expected in zip(hand.validated, hand.expected, strict=False):
         assert_same(validated, expected)
     # The average is not the raw weights: the EMA did something.
     assert max_difference(hand.expected[-1], hand.raw) > 1e-3
@@ -130,8 +131,9 @@ def test_ema_from_the_command_line_config(image_folder: Path, tmp_path: Path) ->
         "        decay: 0.998\n"
         "        update_starting_at_step: 10\n"
     )
-    cli = build_cli(["--config", str(config), "--data.root", str(image_folder), "--data.num_workers", "0",
-                     "--trainer.logger", "false"], run=False)
+    cli = build_cli(
+        ["--config", str(config), "--data.root", str(image_folder), "--data.num_workers", "0", "--trainer.logger", "false"], run=False
+    )
     ema = [cb for cb in cli.trainer.callbacks if isinstance(cb, EMAWeightAveraging)]
     assert len(ema) == 1 and ema[0].update_starting_at_step == 10
     assert not ema[0].should_update(step_idx=9) and ema[0].should_update(step_idx=10)

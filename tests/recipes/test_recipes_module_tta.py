@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from lit_finetune import FinetuneClassifier, keys
-from lit_finetune.tasks import build_task
 from lit_finetune.modules.tta import tta_logits, tta_views
+from lit_finetune.tasks import build_task
 
 
 class SmallConvNet(FinetuneClassifier):
@@ -52,8 +52,13 @@ def hand_views(images: torch.Tensor, mode: str, fraction: float) -> list[torch.T
     if mode == "hflip":
         return [images, images.flip(-1)]
     top, left = round((h - ch) / 2), round((w - cw) / 2)  # torchvision's centre crop rounds this way (half to even)
-    crops = [images[..., :ch, :cw], images[..., :ch, w - cw :], images[..., h - ch :, :cw], images[..., h - ch :, w - cw :],
-             images[..., top : top + ch, left : left + cw]]
+    crops = [
+        images[..., :ch, :cw],
+        images[..., :ch, w - cw :],
+        images[..., h - ch :, :cw],
+        images[..., h - ch :, w - cw :],
+        images[..., top : top + ch, left : left + cw],
+    ]
     crops = [F.interpolate(c, size=(h, w), mode="bilinear", align_corners=False, antialias=True) for c in crops]
     return crops + hand_views(images.flip(-1), "five_crop", fraction) if mode == "ten_crop" else crops  # crops of the mirror
 

@@ -117,6 +117,12 @@ class SaveRankState(Callback):
         state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"state_dict": state, "initial": self.initial, "metrics": metrics, "val_indices": self.val_indices, "world_size": trainer.world_size},
+            {
+                "state_dict": state,
+                "initial": self.initial,
+                "metrics": metrics,
+                "val_indices": self.val_indices,
+                "world_size": trainer.world_size,
+            },
             Path(self.folder) / f"rank{trainer.global_rank}.pt",
         )

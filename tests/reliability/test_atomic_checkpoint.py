@@ -12,8 +12,8 @@ import time
 import torch
 from reliability_helpers import subprocess_env
 
-from lit_finetune.models.weights import AtomicCheckpointIO, atomic_save
 from lit_finetune.cli import build_cli
+from lit_finetune.models.weights import AtomicCheckpointIO, atomic_save
 
 WRITER = textwrap.dedent(
     """

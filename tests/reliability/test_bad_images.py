@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from lightning.pytorch import Trainer
 from PIL import Image
+from reliability_helpers import write_images
 
 from lit_finetune.cli import main
 from lit_finetune.data.check import check_data
 from lit_finetune.data.datamodule import ImageFolderDataModule
 from lit_finetune.data.folder import load_rgb
 from lit_finetune.modules.classifier import FinetuneClassifier
-from reliability_helpers import write_images
 
 
 def _jpeg_bytes(size=(40, 24), mode="RGB", exif=None) -> bytes:
@@ -92,8 +92,13 @@ def test_training_skips_bad_files_and_finishes_an_epoch(tmp_path):
     dm = ImageFolderDataModule(str(root), batch_size=4, num_workers=1, image_size=32, resize_size=32, backbone="resnet18")
     model = FinetuneClassifier(num_classes=dm.num_classes, backbone="resnet18")
     trainer = Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     with pytest.warns(UserWarning, match="5 of 29 images cannot be read"):
         trainer.fit(model, dm)  # the bad files are decoded in a worker process if not skipped

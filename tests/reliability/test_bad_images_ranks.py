@@ -5,11 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from reliability_helpers import write_images
 
 from lit_finetune.data import check
 from lit_finetune.data.check import BadImage
 from lit_finetune.data.datamodule import ImageFolderDataModule
-from reliability_helpers import write_images
 
 
 class FakeStrategy:

@@ -14,7 +14,14 @@ CASES = {
     "missing required value": ({"data": {"root": None}}, ["data.root"]),
     "scheduler without its argument": ({"model": {"lr_scheduler": SCHEDULER}}, ['Parser key "model.lr_scheduler"', "required: step_size"]),
     "scheduler given the optimizer": (
-        {"model": {"lr_scheduler": {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 2, "optimizer": "torch.optim.SGD"}}}},
+        {
+            "model": {
+                "lr_scheduler": {
+                    "class_path": "torch.optim.lr_scheduler.StepLR",
+                    "init_args": {"step_size": 2, "optimizer": "torch.optim.SGD"},
+                }
+            }
+        },
         ['Parser key "model.lr_scheduler"', "Option 'optimizer' is not accepted"],
     ),
 }

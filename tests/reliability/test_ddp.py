@@ -19,9 +19,20 @@ def ddp_run(tmp_path_factory, dataset):
     frozen = {"freeze": 2, "train_bn": False}
     config = write_config(tmp / "config.yaml", dataset, tmp / "runs", max_epochs=1, model=frozen, batch_size=2)
     command = [
-        sys.executable, "-m", "lit_finetune.cli", "fit", "--config", str(config),
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-        "--trainer.callbacks+=reliability_helpers.SaveRankState", f"--trainer.callbacks.folder={tmp / 'ranks'}",
+        sys.executable,
+        "-m",
+        "lit_finetune.cli",
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.callbacks+=reliability_helpers.SaveRankState",
+        f"--trainer.callbacks.folder={tmp / 'ranks'}",
     ]
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -48,7 +59,9 @@ def test_one_checkpoint_folder_written_once(ddp_run):
     runs = ddp_run["tmp"] / "runs" / "run"
     assert [p.name for p in runs.iterdir()] == ["version_0"]  # rank 1 made no logger folder of its own
     names = sorted(p.name for p in (runs / "version_0" / "checkpoints").iterdir())
-    assert len(names) == 3 and names[0] == "best.ckpt" and names[2] == "last.ckpt" and names[1].startswith("epoch00-")  # no temporaries left
+    assert (
+        len(names) == 3 and names[0] == "best.ckpt" and names[2] == "last.ckpt" and names[1].startswith("epoch00-")
+    )  # no temporaries left
     ckpt = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     rank0 = ddp_run["ranks"][0]["state_dict"]
     assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in rank0.items())
@@ -60,8 +73,19 @@ def test_validation_metrics_equal_one_process_run(ddp_run, capsys):
     assert sorted(rank0["val_indices"] + rank1["val_indices"]) == list(range(9))
     assert rank0["metrics"] == rank1["metrics"]  # synced across ranks
     ckpt = ddp_run["tmp"] / "runs/run/version_0/checkpoints/last.ckpt"
-    cli = build_cli(["validate", "--config", str(ddp_run["config"]), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
-                     "--trainer.default_root_dir", str(ddp_run["tmp"] / "validate")])
+    cli = build_cli(
+        [
+            "validate",
+            "--config",
+            str(ddp_run["config"]),
+            "--ckpt_path",
+            str(ckpt),
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(ddp_run["tmp"] / "validate"),
+        ]
+    )
     single = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert single["val/acc"] == rank0["metrics"]["val/acc"]
     assert single["val/f1"] == rank0["metrics"]["val/f1"]

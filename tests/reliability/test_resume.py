@@ -63,7 +63,10 @@ def test_sigterm_mid_epoch_saves_and_resume_loses_no_epoch(tmp_path, dataset):
     # SIGTERM after the 2nd of 3 batches of epoch 1 (epoch 0 finished).
     first = subprocess.run(
         command + ["--trainer.callbacks+=reliability_helpers.SignalAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=1"],
-        env=subprocess_env(), capture_output=True, text=True, timeout=120,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert first.returncode == 0, first.stderr[-3000:]  # a clean exit, not a crash
     assert "Run interrupted: checkpoint saved" in first.stderr + first.stdout

@@ -79,7 +79,9 @@ def test_lightning_checkpoint_of_our_module_loads_as_backbone(tmp_path):
     other = FinetuneClassifier(num_classes=3, backbone="resnet18")
     report = load_weights(other, path, strict=True)
     assert not report.missing and not report.unexpected and not report.mismatches
-    assert torch.equal(other.head.state_dict()[next(iter(other.head.state_dict()))], module.head.state_dict()[next(iter(module.head.state_dict()))])
+    assert torch.equal(
+        other.head.state_dict()[next(iter(other.head.state_dict()))], module.head.state_dict()[next(iter(module.head.state_dict()))]
+    )
 
 
 def test_shape_mismatches_are_reported_per_key_with_hints(tmp_path, resnet):
@@ -87,7 +89,10 @@ def test_shape_mismatches_are_reported_per_key_with_hints(tmp_path, resnet):
     torch.save(resnet.state_dict(), path)
     target = torchvision.models.resnet18(num_classes=4)
     report = load_weights(target, path)
-    assert [(m.key, m.file_shape, m.model_shape) for m in report.head_mismatches] == [("fc.weight", (10, 512), (4, 512)), ("fc.bias", (10,), (4,))]
+    assert [(m.key, m.file_shape, m.model_shape) for m in report.head_mismatches] == [
+        ("fc.weight", (10, 512), (4, 512)),
+        ("fc.bias", (10,), (4,)),
+    ]
     assert report.head_mismatches[0].hint == "the head has 10 outputs in the file, you asked for 4: the head is replaced, this is fine"
     assert torch.equal(target.conv1.weight, resnet.conv1.weight)  # everything else loaded
 

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.nn import functional as F
 
-from lit_finetune import BestWorstSamples, ValidationReport, DataTiming, GradCAM, GradientStats, HParamsSummary, NanGuard
+from lit_finetune import BestWorstSamples, DataTiming, GradCAM, GradientStats, HParamsSummary, NanGuard, ValidationReport
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,8 +38,14 @@ def fitted(tmp_path_factory):
     best_worst, report, norms = BestWorstSamples(k=2, tile_size=32), ValidationReport(), GradNorms()
     callbacks = [best_worst, report, GradientStats(), NanGuard(), DataTiming(), HParamsSummary(), norms]
     trainer = Trainer(
-        max_epochs=4, logger=TensorBoardLogger(str(tmp), name="seg"), callbacks=callbacks, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1, num_sanity_val_steps=0,
+        max_epochs=4,
+        logger=TensorBoardLogger(str(tmp), name="seg"),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, loader(ShapesDataset(8)), loader(ShapesDataset(4, seed=1)))
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0}).Reload()

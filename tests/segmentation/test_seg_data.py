@@ -178,7 +178,7 @@ def test_split_by_val_fraction_is_seeded_and_disjoint(tmp_path: Path) -> None:
 
 def test_mask_suffix_pairs_names(tmp_path: Path) -> None:
     for split in ("train", "val"):
-        for image, mask in write_pairs(tmp_path / split, 2):
+        for _image, mask in write_pairs(tmp_path / split, 2):
             mask.rename(mask.with_name(mask.stem + "_mask.png"))
     dm = module(tmp_path, num_classes=3, mask_suffix="_mask")
     assert [Path(m).name for _, m in dm.train_pairs] == ["img000_mask.png", "img001_mask.png"]
@@ -345,7 +345,9 @@ class StubSegmenter(LightningModule):
         return {keys.LOGITS: logits, keys.PREDICTION: prediction, **{k: batch[k] for k in (keys.INDEX, keys.PATH, keys.ORIGINAL_SIZE)}}
 
 
-def predict_masks(tmp_path: Path, channels: int, overlay: bool = False, data_classes: int = 3, **options) -> tuple[SegmentationDataModule, SegmentationMaskWriter]:
+def predict_masks(
+    tmp_path: Path, channels: int, overlay: bool = False, data_classes: int = 3, **options
+) -> tuple[SegmentationDataModule, SegmentationMaskWriter]:
     write_split_root(tmp_path / "data", num_classes=data_classes)
     new = tmp_path / "new"
     write_pairs(new, 1, size=(20, 30), prefix="wide")

@@ -46,8 +46,14 @@ def python_ckpt(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("seg_export_python")
     model = tiny_module()
     trainer = Trainer(
-        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp),
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp),
     )
     trainer.fit(model, loader(ShapesDataset(4, 32), batch_size=2))
     trainer.save_checkpoint(tmp / "model.ckpt")
@@ -156,16 +162,31 @@ def test_command_line_export_of_a_subclass_mode_checkpoint(tmp_path, images):
     config = {
         "seed_everything": 0,
         "trainer": {
-            "max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1, "accelerator": "cpu", "devices": 1,
-            "enable_progress_bar": False, "enable_model_summary": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": "seg"}},
+            "max_epochs": 1,
+            "limit_train_batches": 1,
+            "limit_val_batches": 1,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "seg"},
+            },
         },
         "model": {"class_path": "lit_finetune.SegmentationModule", "init_args": {"backbone": "resnet18", "decoder_channels": [8, 8, 8, 8]}},
         "data": {
             "class_path": "lit_finetune.SegmentationDataModule",
             "init_args": {
-                "root": str(root), "batch_size": 2, "num_workers": 0, "image_size": 32, "eval_size": 40,
-                "class_names": ["bg", "a", "b"], "palette": palette, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+                "root": str(root),
+                "batch_size": 2,
+                "num_workers": 0,
+                "image_size": 32,
+                "eval_size": 40,
+                "class_names": ["bg", "a", "b"],
+                "palette": palette,
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.25, 0.25, 0.25],
             },
         },
     }

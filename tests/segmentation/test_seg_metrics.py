@@ -43,7 +43,9 @@ def test_epoch_metrics_equal_hand_computed_values():
     assert float(values["dice"]) == pytest.approx(sum(DICE) / 3, abs=1e-6)
     assert float(values["pixel_acc"]) == pytest.approx(8 / 10)
     assert {k: round(float(v), 6) for k, v in per_class.compute().items()} == {
-        "iou/bg": round(IOU[0], 6), "iou/a": round(IOU[1], 6), "iou/b": round(IOU[2], 6)
+        "iou/bg": round(IOU[0], 6),
+        "iou/a": round(IOU[1], 6),
+        "iou/b": round(IOU[2], 6),
     }
 
 

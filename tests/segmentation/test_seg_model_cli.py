@@ -18,9 +18,17 @@ def seg_config(tmp_path: Path, root: Path, **model) -> Path:
     config = {
         "seed_everything": 0,
         "trainer": {
-            "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "accelerator": "cpu", "devices": 1,
-            "enable_progress_bar": False, "enable_model_summary": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": "seg"}},
+            "max_epochs": 1,
+            "limit_train_batches": 2,
+            "limit_val_batches": 1,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "seg"},
+            },
         },
         "model": {
             "class_path": "lit_finetune.SegmentationModule",
@@ -28,7 +36,14 @@ def seg_config(tmp_path: Path, root: Path, **model) -> Path:
         },
         "data": {
             "class_path": "lit_finetune.SegmentationDataModule",
-            "init_args": {"root": str(root), "batch_size": 2, "num_workers": 0, "image_size": 32, "class_names": ["bg", "a", "b"], "num_classes": 3},
+            "init_args": {
+                "root": str(root),
+                "batch_size": 2,
+                "num_workers": 0,
+                "image_size": 32,
+                "class_names": ["bg", "a", "b"],
+                "num_classes": 3,
+            },
         },
     }
     path = tmp_path / "seg.yaml"
@@ -63,7 +78,9 @@ def test_links_fill_the_segmentation_module_from_the_data(tmp_path, seg_root):
 def test_classification_configs_still_parse_without_class_path(tmp_path, make_image_folder):
     root = make_image_folder(tmp_path / "images")
     config = tmp_path / "cls.yaml"
-    config.write_text(yaml.safe_dump({"model": {"backbone": "resnet18"}, "data": {"root": str(root), "image_size": 32, "val_fraction": 0.25}}))
+    config.write_text(
+        yaml.safe_dump({"model": {"backbone": "resnet18"}, "data": {"root": str(root), "image_size": 32, "val_fraction": 0.25}})
+    )
     cli = build_cli(["--config", str(config), "--trainer.logger", "false"], run=False)
     assert type(cli.model) is FinetuneClassifier and type(cli.datamodule) is ImageFolderDataModule
     checkpoint = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ResumableModelCheckpoint")

@@ -12,7 +12,14 @@ from lit_finetune.models.stages import backbone_stages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-NAMED = ["fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
+NAMED = [
+    "fcn_resnet50",
+    "fcn_resnet101",
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "deeplabv3_mobilenet_v3_large",
+    "lraspp_mobilenet_v3_large",
+]
 
 
 def one_step(net: torch.nn.Module, num_classes: int) -> dict[str, torch.Tensor]:

@@ -29,8 +29,14 @@ def test_unfreeze_schedule_trains_the_encoder_stage_by_stage() -> None:
     assert [g["name"] for g in model.parameter_groups()] == ["all", "all.no_decay"]  # merged without a schedule
     snapshots = Snapshots()
     trainer = Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
         callbacks=[UnfreezeSchedule(milestones=[1], stages=[1]), snapshots],
     )
     initial = {k: v.clone() for k, v in model.state_dict().items()}

@@ -107,7 +107,9 @@ def test_multilabel_csv_targets_and_the_task_check(tmp_path: Path):
     assert stream.class_counts == source.class_counts == [4, 4]  # positives per class in the 6 training rows
     stream.setup("fit")
     targets = {
-        Path(path).name: target.tolist() for batch in stream.train_dataloader() for path, target in zip(batch["path"], batch["target"])
+        Path(path).name: target.tolist()
+        for batch in stream.train_dataloader()
+        for path, target in zip(batch["path"], batch["target"], strict=False)
     }
     expected = {f"{i}.png": [float("cat" in label), float("dog" in label)] for i, label in enumerate(labels[:6])}
     assert targets == expected

@@ -19,12 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_finetune import (
     BestWorstSamples,
-    ValidationReport,
     FinetuneClassifier,
     GradCAM,
     GradientStats,
     NanGuard,
     PredictionCSVWriter,
+    ValidationReport,
     keys,
 )
 from lit_finetune.tasks import TaskModuleProtocol
@@ -93,8 +93,15 @@ def test_callbacks_log_for_every_task(task: str, tmp_path: Path, one_thread) -> 
         GradRecorder(),
     ]
     trainer = Trainer(
-        max_epochs=1, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="run"), callbacks=callbacks,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tmp_path, name="run"),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
     )
     loader = DataLoader(data, batch_size=4)
     trainer.fit(model, loader, loader)
@@ -121,8 +128,11 @@ def test_callbacks_log_for_every_task(task: str, tmp_path: Path, one_thread) -> 
             assert logged[f"zz-grad/head.layers.fc/{stat}"][step] == pytest.approx(value.item(), rel=1e-4, abs=1e-7), (step, stat)
     auroc = [t for t in scalars if t.startswith("zz-report/auroc/")]
     assert len(auroc) == (1 if task == "binary" else 3), auroc
-    expected = {"multiclass": {"val/acc", "val/f1"}, "binary": {"val/acc", "val/auroc", "val/f1"},
-                "multilabel": {"val/map", "val/f1_micro", "val/f1_macro", "val/exact_match", "val/ap/a", "val/f1/c"}}[task]
+    expected = {
+        "multiclass": {"val/acc", "val/f1"},
+        "binary": {"val/acc", "val/auroc", "val/f1"},
+        "multilabel": {"val/map", "val/f1_micro", "val/f1_macro", "val/exact_match", "val/ap/a", "val/f1/c"},
+    }[task]
     assert expected <= scalars, scalars
 
     trainer.predict(model, DataLoader(data, batch_size=4))
@@ -130,7 +140,7 @@ def test_callbacks_log_for_every_task(task: str, tmp_path: Path, one_thread) -> 
     assert len(rows) == len(data)
     if task == "multilabel":
         probs = torch.sigmoid(model.eval()(data.images)[keys.LOGITS])
-        for row, p in zip(rows, probs):
+        for row, p in zip(rows, probs, strict=False):
             chosen = [CLASSES[task][c] for c in range(3) if p[c] > 0.5]
             assert row["labels"].split() == chosen
     else:
