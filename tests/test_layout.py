@@ -117,7 +117,7 @@ def test_classes_are_small() -> None:
 
 
 def test_data_package_does_not_branch_on_task_names() -> None:
-    pattern = re.compile(r"task\s*(==|!=|in\s*[(\[{])")
+    pattern = re.compile(r"task\s*(==|!=)\s*[\"']|task\s+in\s*[(\[{]\s*[\"']")
     hits = [
         f"{path.relative_to(PACKAGE)}:{i}: {line.strip()}"
         for path in (PACKAGE / "data").rglob("*.py")

@@ -11,7 +11,7 @@ import yaml
 
 from lit_finetune import FinetuneClassifier, ImageFolderDataModule, SegmentationDataModule, SegmentationModule
 from lit_finetune.cli import main
-from lit_finetune.option_links import option_links, refuse_linked_options
+from lit_finetune.cli.option_links import option_links, refuse_linked_options
 
 PAIRS = {
     "classification": (FinetuneClassifier, ImageFolderDataModule, False),

@@ -46,6 +46,14 @@ def check_val_fraction(val_fraction: float) -> None:
         raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}.")
 
 
+def loader_workers(datamodule: Any) -> int:
+    """The data module's ``num_workers``; ``auto`` shares the CPUs among the training processes of this machine."""
+    trainer = datamodule.trainer
+    if datamodule.hparams.num_workers == "auto" and trainer is not None and trainer.world_size > 1:
+        return auto_num_workers(max(1, trainer.world_size // max(1, trainer.num_nodes)))
+    return datamodule.num_workers
+
+
 class FolderDataModule(LightningDataModule, ABC):
     """Train/val/test/predict dataloaders over the splits a subclass lists from a data folder.
 
@@ -164,18 +172,11 @@ class FolderDataModule(LightningDataModule, ABC):
             raise ValueError(f"{size} evaluation images for {trainer.world_size} processes: every process needs at least one.")
         return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
 
-    def _workers(self) -> int:
-        """``num_workers``; ``auto`` shares the CPUs among the training processes of this machine."""
-        trainer = self.trainer
-        if self.hparams.num_workers == "auto" and trainer is not None and trainer.world_size > 1:
-            return auto_num_workers(max(1, trainer.world_size // max(1, trainer.num_nodes)))
-        return self.num_workers
-
     def _loader(
         self, dataset: Dataset, batch_size: int, shuffle: bool, sampler: Sampler | None = None, collate_fn: Callable | None = None
     ) -> DataLoader:
         """A loader with the module's worker and memory options."""
-        workers = self._workers()
+        workers = loader_workers(self)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -36,7 +36,7 @@ from typing_extensions import override
 
 from lit_finetune import keys
 from lit_finetune.data import transforms as tfm
-from lit_finetune.data.base import FolderDataModule
+from lit_finetune.data.base import FolderDataModule, loader_workers
 from lit_finetune.data.decode import Decoder, image_decoder
 from lit_finetune.data.folder import ImageDataset
 from lit_finetune.data.mixing import BatchMixer, MixingCollate
@@ -167,7 +167,7 @@ class ShardDataModule(FolderDataModule):
                 self.predict_set = self.val_set  # type: ignore[assignment]  # the streamed validation split
 
     def _stream_loader(self, dataset: StreamingDataset, batch_size: int, collate_fn: Callable | None) -> StreamingDataLoader:
-        workers = self._workers()
+        workers = loader_workers(self)
         return StreamingDataLoader(
             dataset,
             batch_size=batch_size,

@@ -39,7 +39,50 @@ class Prediction:
     labels: Tensor | None = None
 
 
-class Task(ABC):
+class TaskText:
+    """What a task says in words: class labels, captions of targets and predictions, the names of report rows and
+    ``predictions.csv`` columns; the half of :class:`Task` that reports and callbacks read."""
+
+    num_classes: int
+    class_names: list[str] | None
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the logits (see :attr:`Task.num_outputs`)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def target_text(self, target: Tensor) -> str:
+        """Readable true label of one sample's target."""
+
+    @abstractmethod
+    def prediction_text(self, prediction: Prediction, i: int) -> str:
+        """Readable prediction of sample ``i`` of ``prediction`` (classes and probabilities)."""
+
+    def class_label(self, index: int) -> str:
+        """The name of class ``index`` if known, else the index itself."""
+        if self.class_names and 0 <= index < len(self.class_names):
+            return str(self.class_names[index])
+        return str(index)
+
+    def report_names(self) -> list[str]:
+        """Names of the report's per-class rows (one per output)."""
+        return [self.class_label(i) for i in range(self.num_outputs)]
+
+    def confusion_names(self) -> list[str] | None:
+        """Row/column names of the confusion matrix; None when the task has none (multilabel)."""
+        return [self.class_label(i) for i in range(self.num_classes)]
+
+    @abstractmethod
+    def prediction_columns(self) -> list[str]:
+        """Header of the columns :meth:`prediction_row` writes in ``predictions.csv``."""
+
+    @abstractmethod
+    def prediction_row(self, prediction: Prediction, i: int) -> list[Any]:
+        """Values of those columns for sample ``i``."""
+
+
+class Task(TaskText, ABC):
     """One prediction task: targets, loss, predictions, metrics and captions.
 
     Args:
@@ -103,14 +146,6 @@ class Task(ABC):
         never raw logits (torchmetrics applies a sigmoid or softmax only to values outside [0, 1], so logits that
         all fall inside [0, 1] would be read as probabilities)."""
 
-    @abstractmethod
-    def target_text(self, target: Tensor) -> str:
-        """Readable true label of one sample's target."""
-
-    @abstractmethod
-    def prediction_text(self, prediction: Prediction, i: int) -> str:
-        """Readable prediction of sample ``i`` of ``prediction`` (classes and probabilities)."""
-
     def explained_logits(self, logits: Tensor) -> Tensor:
         """Logits with one column per class that Grad-CAM can explain (binary: ``[-z, z]``)."""
         return logits
@@ -129,12 +164,6 @@ class Task(ABC):
         so it costs no device synchronization."""
         return False
 
-    def class_label(self, index: int) -> str:
-        """The name of class ``index`` if known, else the index itself."""
-        if self.class_names and 0 <= index < len(self.class_names):
-            return str(self.class_names[index])
-        return str(index)
-
     @abstractmethod
     def torchmetrics_args(self) -> dict[str, Any]:
         """Arguments that select this task in torchmetrics' classification metrics (``task``, ``num_classes``/``num_labels``)."""
@@ -143,22 +172,6 @@ class Task(ABC):
     def report_inputs(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(probs, target, confidence, correct)`` for reports: metric inputs, then the probability of each
         decision and whether it was right (flat), for confidence histograms."""
-
-    def report_names(self) -> list[str]:
-        """Names of the report's per-class rows (one per output)."""
-        return [self.class_label(i) for i in range(self.num_outputs)]
-
-    def confusion_names(self) -> list[str] | None:
-        """Row/column names of the confusion matrix; None when the task has none (multilabel)."""
-        return [self.class_label(i) for i in range(self.num_classes)]
-
-    @abstractmethod
-    def prediction_columns(self) -> list[str]:
-        """Header of the columns :meth:`prediction_row` writes in ``predictions.csv``."""
-
-    @abstractmethod
-    def prediction_row(self, prediction: Prediction, i: int) -> list[Any]:
-        """Values of those columns for sample ``i``."""
 
 
 def loss_weight(

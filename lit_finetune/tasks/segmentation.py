@@ -19,7 +19,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from lit_finetune.losses import BCEDiceLoss, CEDiceLoss
-from lit_finetune.tasks.base import Prediction, Task
+from lit_finetune.tasks.base import Prediction, Task, TaskText
 from lit_finetune.tasks.segmentation_metrics import (
     ClassIoU,
     ForegroundDice,
@@ -33,7 +33,57 @@ from lit_finetune.tasks.segmentation_metrics import (
 SegmentationMode = Literal["multiclass", "binary"]
 
 
-class SegmentationTask(Task):
+class SegmentationText(TaskText):
+    """Segmentation in words: classes by name (``ignore_index`` too), the classes a mask covers and their shares."""
+
+    ignore_index: int | None
+
+    @property
+    def num_labels(self) -> int:
+        """Classes that can be labelled (see :attr:`SegmentationTask.num_labels`)."""
+        raise NotImplementedError
+
+    def class_label(self, index: int) -> str:
+        if self.binary and self.class_names and len(self.class_names) == 1:
+            return self.class_names[0] if index == 1 else f"not {self.class_names[0]}"
+        return super().class_label(index)
+
+    def confusion_names(self) -> list[str] | None:
+        return [self.class_label(i) for i in range(self.num_labels)]
+
+    def report_names(self) -> list[str]:
+        return self.confusion_names() or []
+
+    def class_shares(self, mask: Tensor) -> list[tuple[int, float]]:
+        """``(class, share of the labeled pixels)`` of a mask, largest first."""
+        mask = mask.reshape(-1).long()
+        mask = mask[(mask >= 0) & (mask < self.num_labels)]
+        if mask.numel() == 0:
+            return []
+        counts = torch.bincount(mask, minlength=self.num_labels).double()
+        shares = counts / counts.sum()
+        order = shares.argsort(descending=True).tolist()
+        return [(c, float(shares[c])) for c in order if shares[c] > 0]
+
+    def _shares_text(self, mask: Tensor) -> str:
+        shares = self.class_shares(mask)
+        return " ".join(f"{self.class_label(c)} {s:.0%}" for c, s in shares[:3]) or "- (all unlabeled)"
+
+    def target_text(self, target: Tensor) -> str:
+        return self._shares_text(target)
+
+    def prediction_text(self, prediction: Prediction, i: int) -> str:
+        return self._shares_text(prediction.pred[i])
+
+    def prediction_columns(self) -> list[str]:
+        return ["classes", "pixel_shares"]
+
+    def prediction_row(self, prediction: Prediction, i: int) -> list[Any]:
+        shares = self.class_shares(prediction.pred[i])
+        return [" ".join(self.class_label(c) for c, _ in shares), " ".join(f"{s:.6f}" for _, s in shares)]
+
+
+class SegmentationTask(SegmentationText, Task):
     """A class per pixel: ``"multiclass"`` (softmax over ``num_classes`` maps) or ``"binary"`` (one sigmoid map).
 
     Metrics, from one pixel confusion matrix of the epoch (exact under DDP): ``miou`` (mean IoU over the
@@ -186,44 +236,6 @@ class SegmentationTask(Task):
         return (probs[:, 0] if self.binary else probs), target, prob, pred == target
 
     # ------------------------------------------------------------------ names and captions
-    def class_label(self, index: int) -> str:
-        if self.binary and self.class_names and len(self.class_names) == 1:
-            return self.class_names[0] if index == 1 else f"not {self.class_names[0]}"
-        return super().class_label(index)
-
-    def confusion_names(self) -> list[str] | None:
-        return [self.class_label(i) for i in range(self.num_labels)]
-
-    def report_names(self) -> list[str]:
-        return self.confusion_names() or []
-
-    def class_shares(self, mask: Tensor) -> list[tuple[int, float]]:
-        """``(class, share of the labeled pixels)`` of a mask, largest first."""
-        mask = mask.reshape(-1).long()
-        mask = mask[(mask >= 0) & (mask < self.num_labels)]
-        if mask.numel() == 0:
-            return []
-        counts = torch.bincount(mask, minlength=self.num_labels).double()
-        shares = counts / counts.sum()
-        order = shares.argsort(descending=True).tolist()
-        return [(c, float(shares[c])) for c in order if shares[c] > 0]
-
-    def _shares_text(self, mask: Tensor) -> str:
-        shares = self.class_shares(mask)
-        return " ".join(f"{self.class_label(c)} {s:.0%}" for c, s in shares[:3]) or "- (all unlabeled)"
-
-    def target_text(self, target: Tensor) -> str:
-        return self._shares_text(target)
-
-    def prediction_text(self, prediction: Prediction, i: int) -> str:
-        return self._shares_text(prediction.pred[i])
-
-    def prediction_columns(self) -> list[str]:
-        return ["classes", "pixel_shares"]
-
-    def prediction_row(self, prediction: Prediction, i: int) -> list[Any]:
-        shares = self.class_shares(prediction.pred[i])
-        return [" ".join(self.class_label(c) for c, _ in shares), " ".join(f"{s:.6f}" for _, s in shares)]
 
 
 def build_segmentation_task(

@@ -36,7 +36,7 @@ def write_config(tmp_path: Path, data_root: Path, **trainer) -> Path:
             "log_every_n_steps": 1,
             "enable_progress_bar": False,
             "logger": {
-                "class_path": "lit_finetune.loggers.TensorBoardLogger",
+                "class_path": "lit_finetune.cli.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": str(tmp_path / "runs"), "name": "e2e", "default_hp_metric": False},
             },
             **trainer,

@@ -123,4 +123,4 @@ def test_soft_batches_are_recognized_without_reading_the_target() -> None:
     assert has_soft_targets(MulticlassTask(3), hard)  # class probabilities (N, C): soft by their shape
     assert not has_soft_targets(MulticlassTask(3), {keys.TARGET: torch.zeros(4, dtype=torch.long, device="meta")})
     model = FinetuneClassifier(num_classes=3, task="multilabel", backbone="resnet18")
-    assert model._scores_batch(hard) and not model._scores_batch({**hard, keys.MIXED: True})
+    assert not has_soft_targets(model.task, hard) and has_soft_targets(model.task, {**hard, keys.MIXED: True})

@@ -93,7 +93,6 @@ def user_set_options(argv: list[str]) -> dict[str, str]:
         match = re.match(r"--((?:model|data)\.[\w.]+)", arg)
         if match:
             found[match.group(1).replace("init_args.", "")] = "the command line"
-    from lit_finetune.cli import config_files  # the command line's own reading of `--config`
 
     for path in config_files(argv):
         try:
@@ -121,3 +120,14 @@ def refuse_linked_options(parser: LightningArgumentParser, argv: list[str], link
             parser.error(
                 f"'{link.target}' is filled in from '{link.source}' by the command line and cannot be set ({given[link.target]}): {hint}."
             )
+
+
+def config_files(args: list[str]) -> list[str]:
+    """Paths given with ``--config`` in a command line."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
