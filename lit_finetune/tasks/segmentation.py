@@ -37,6 +37,7 @@ class SegmentationText(TaskText):
     """Segmentation in words: classes by name (``ignore_index`` too), the classes a mask covers and their shares."""
 
     ignore_index: int | None
+    binary: bool
 
     @property
     def num_labels(self) -> int:
