@@ -13,7 +13,7 @@ For reliable runs (see docs/reliability.md): ``last.ckpt`` is refreshed every ep
 (``ResumableModelCheckpoint``), checkpoints hold the random generators' states (``RNGStateCheckpoint``)
 and are written atomically (``AtomicCheckpointIO``), an interrupted run writes ``last-interrupted.ckpt``
 (``InterruptCheckpoint``), and ``--ckpt_path last`` resumes the newest run of the configured logger.
-``lit-finetune export`` and ``lit-finetune check-data`` have parsers of their own.
+``lit-finetune export``, ``lit-finetune check-data`` and ``lit-finetune optimize`` have parsers of their own.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ TRAINER_DEFAULTS = {
 EXTRA_SUBCOMMANDS = {
     "export": "Export a checkpoint for inference (weights, model.json, TorchScript/ONNX).",
     "check-data": "Find unreadable images under a data folder.",
+    "optimize": "Write a config's data set as LitData shards (a folder or s3://...) for the streaming data modules.",
 }
 
 DEFAULT_MODEL = "lit_finetune.modules.classifier.FinetuneClassifier"
@@ -469,7 +470,7 @@ def find_user_error(err: BaseException) -> BaseException | None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-finetune`` and ``python cli.py``.
 
-    ``export`` and ``check-data`` have parsers of their own; ``fit``, ``validate``, ``test`` and
+    ``export``, ``check-data`` and ``optimize`` have parsers of their own; ``fit``, ``validate``, ``test`` and
     ``predict`` go to LightningCLI. A known input error (a missing folder, an unknown backbone, a
     weights file that does not fit) prints its message and exits with status 2; ``--debug`` or
     ``LIT_FINETUNE_DEBUG=1`` shows its traceback.
@@ -500,6 +501,10 @@ def run_subcommand(argv: list[str], from_sys_argv: bool = False) -> None:
         from lit_finetune.data.check import main as check_main
 
         sys.exit(check_main(argv[1:]))
+    if argv and argv[0] == "optimize":
+        from lit_finetune.data.shards import main as optimize_main
+
+        sys.exit(optimize_main(argv[1:]))
     if argv and argv[0] in ("-h", "--help"):
         print("Other subcommands:\n" + "\n".join(f"  {name:<12}{text} (`lit-finetune {name} --help`)" for name, text in EXTRA_SUBCOMMANDS.items()) + "\n")
     if len(argv) > 1 and ("-h" in argv or "--help" in argv) and selected_classes(argv):

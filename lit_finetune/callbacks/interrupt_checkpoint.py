@@ -22,7 +22,9 @@ class InterruptCheckpoint(Callback):
     ``last-interrupted.ckpt``, and the run exits. The name starts with ``last`` so that
     ``--ckpt_path last`` picks it when it is newer than ``last.ckpt``; it is deleted when a later run
     finishes normally. Epochs finished before the interruption are never lost: a resumed run continues
-    with the interrupted epoch (which restarts its data from the beginning).
+    with the interrupted epoch. With a map-style loader (the folder data modules) that epoch's data starts
+    over; with a stateful loader (the streaming data modules' ``StreamingDataLoader``), whose position
+    Lightning saves in every checkpoint, it goes on with the samples the epoch had not yet seen.
 
     It is a plain callback, not Lightning's ``OnExceptionCheckpoint``: Lightning treats the presence of
     that class as a request to resume every ``fit`` from ``last``, and warns about it on fresh runs.
