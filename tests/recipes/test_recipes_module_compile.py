@@ -62,7 +62,7 @@ def test_two_epochs_compile_once(freeze: str, image_folder: Path, tmp_path: Path
     # Grad-CAM's hooks fired: it ran on the eager modules at the validation epoch ends.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert any(tag.startswith("gradcam") for tag in EventAccumulator(logger.log_dir).Reload().Tags()["images"])
+    assert any(tag.startswith("zz-gradcam") for tag in EventAccumulator(logger.log_dir).Reload().Tags()["images"])
 
 
 def test_compiled_steps_match_eager(image_folder: Path, one_thread, fresh_dynamo) -> None:

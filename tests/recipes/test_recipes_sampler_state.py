@@ -54,7 +54,7 @@ def test_the_data_module_keeps_the_sampler_state_in_checkpoints(image_folder: Pa
     trainer.fit(tiny_model(), datamodule=data)
     ckpt = tmp_path / "two_epochs.ckpt"
     trainer.save_checkpoint(ckpt)
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["ImageFolderDataModule"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)[type(data).__qualname__]
     assert saved == {"train_sampler": {"seed": 11, "epoch": 2}}
 
     seed_everything(12, verbose=False)  # another seed in the resumed process: the checkpoint's wins
