@@ -12,9 +12,19 @@ from lit_finetune.data import ClassFolderSource, ClassificationDataModule, Image
 from lit_finetune.data.mixing import BatchMixer
 from lit_finetune.data.sampling import balanced_weights
 from lit_finetune.tasks import BinaryTask, MulticlassTask, MultilabelTask, task_type
-from tests.conftest import write_image_folder
 
 SAMPLES = [(f"a{i:02d}", 0) for i in range(10)] + [(f"b{i:02d}", 1) for i in range(5)] + [("c00", 2)]
+
+
+def write_image_folder(root, **kwargs):
+    """The conftest's writer (tests/ is not a package, so it is loaded by path)."""
+    import importlib.util
+    from pathlib import Path as _Path
+
+    spec = importlib.util.spec_from_file_location("_tests_conftest", _Path(__file__).with_name("conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_image_folder(root, **kwargs)
 
 
 def test_seeded_split_is_stratified_seeded_and_order_free() -> None:

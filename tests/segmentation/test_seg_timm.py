@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from seg_model_helpers import ShapesDataset, loader, tiny_module
 
 from lit_finetune import keys
 from lit_finetune.models.segmenters import build_segmenter
-from tests.segmentation.seg_model_helpers import ShapesDataset, loader, tiny_module
 
 timm = pytest.importorskip("timm")
 
