@@ -1,4 +1,5 @@
-"""timm backbones (``backbone: timm/<name>``): weights files, preprocessing, stages, layer decay, fit, Grad-CAM, export.
+"""timm backbones (``backbone: timm/<name>``): weights files, preprocessing, stages, layer decay, fit, Grad-CAM,
+export (safetensors and ONNX for every family, ONNX checked with onnxruntime).
 
 Nine families, each tiny (depth and width cut where timm's builder takes them) at 28-32 px, built with
 ``pretrained=False``; weight files are written by the tests. One module per family is shared by its tests.
@@ -6,6 +7,9 @@ Nine families, each tiny (depth and width cut where timm's builder takes them) a
 
 from __future__ import annotations
 
+import warnings
+
+import onnxruntime
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -182,16 +186,22 @@ def test_gradcam_picks_a_layer_and_gives_maps(family):
         assert gradcam.layer_name.startswith("backbone.")
 
 
-def test_export_safetensors_rebuilds_the_same_model(family, tmp_path):
+def test_export_safetensors_and_onnx_rebuild_the_same_model(family, tmp_path):
     ckpt = family["folder"] / "last.ckpt"
     if not ckpt.exists():  # the fit test writes it; run alone, this test fits first
         _fit(family["model"], family["size"], family["folder"]).save_checkpoint(ckpt)
     size = family["size"]
-    export_checkpoint(str(ckpt), str(tmp_path), example_size=size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on each family's operators
+        files = export_checkpoint(str(ckpt), str(tmp_path), example_size=size, onnx=True)
     model, config = load_exported(tmp_path)  # built with weights=None (nothing fetched), then the exported weights
-    images = torch.randn(2, 3, size, size)
+    images = torch.randn(3, 3, size, size)  # another batch size than the export's example: the batch is dynamic
     with torch.no_grad():
-        torch.testing.assert_close(model(images)[keys.LOGITS], family["model"].eval()(images)[keys.LOGITS])
+        expected = family["model"].eval()(images)[keys.LOGITS]
+        torch.testing.assert_close(model(images)[keys.LOGITS], expected)
+    session = onnxruntime.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(None, {"images": images.numpy()})
+    torch.testing.assert_close(torch.from_numpy(onnx_logits), expected, atol=1e-4, rtol=1e-4)
     assert config["init_args"]["backbone"] == f"timm/{family['name']}"
     assert config["preprocessing"]["mean"] == pytest.approx(family["reference"].pretrained_cfg["mean"])
 

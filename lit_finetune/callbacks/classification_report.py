@@ -104,9 +104,11 @@ class ValidationReport(Callback):
         """The confusion matrix logged last (rows: true class, columns: predicted), on the CPU."""
 
     # ------------------------------------------------------------------ setup
-    def _build(self, task: Task) -> MetricCollection:
-        if task.dense:  # segmentation: the pixel confusion matrix only (PR curves over every pixel would cost too much)
-            return MetricCollection({"confusion": task.confusion_metric()})  # type: ignore[attr-defined]  # a dense task: SegmentationTask
+    def _build(self, task: Task) -> MetricCollection | None:
+        if (
+            task.dense
+        ):  # segmentation: the module's own pixel confusion matrix, read at epoch end (PR curves over every pixel would cost too much)
+            return None
         args = task.torchmetrics_args()
         threshold: dict[str, Any] = {"threshold": args.pop("threshold")} if "threshold" in args else {}  # binary: the task's decision
         per_class: dict[str, Any] = {"average": None} if task.num_outputs > 1 else {}
@@ -126,7 +128,22 @@ class ValidationReport(Callback):
         self._enabled = has_tensorboard(trainer, type(self).__name__)
         self.task = task_of(pl_module, type(self).__name__)
         self.num_classes = self.task.num_classes
-        self.metrics = self._build(self.task).to(pl_module.device)
+        metrics = self._build(self.task)
+        self.metrics = metrics.to(pl_module.device) if metrics is not None else None
+
+    def _report_dense(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Segmentation: the confusion matrix and IoU table from the matrix the module's validation metrics updated."""
+        metrics = getattr(pl_module, "val_metrics", None)
+        if not isinstance(metrics, MetricCollection) or not any(m.update_called for m in metrics.values(copy_state=False)):
+            return
+        confusion = self.task.epoch_confusion(metrics)  # type: ignore[attr-defined]  # a dense task: SegmentationTask; a collective
+        writer = tensorboard_writer(trainer)
+        if writer is None:
+            return
+        self.confusion = confusion.cpu().long()
+        names = self.task.confusion_names() or []
+        self._log_confusion(writer, trainer.global_step, self.confusion, names)
+        self._log_iou_table(writer, trainer.global_step, self.confusion, names)
 
     def _active(self, trainer: Trainer) -> bool:
         return self._enabled and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
@@ -145,9 +162,6 @@ class ValidationReport(Callback):
             return
         if has_soft_targets(self.task, batch if isinstance(batch, dict) else {keys.TARGET: outputs[keys.TARGET]}):
             return
-        if self.task.dense:
-            self.metrics["confusion"].update(*self.task.metric_inputs(outputs[keys.LOGITS], outputs[keys.TARGET]))
-            return
         probs, target, prob, correct = self.task.report_inputs(outputs[keys.LOGITS].float(), outputs[keys.TARGET])
         for name, metric in self.metrics.items():
             if name == "hist":
@@ -157,6 +171,8 @@ class ValidationReport(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active(trainer) and self.task.dense:
+            self._report_dense(trainer, pl_module)
         if not self._active(trainer) or self.metrics is None:
             return
         results = {name: metric.compute() for name, metric in self.metrics.items()}  # collectives on every rank
@@ -165,11 +181,6 @@ class ValidationReport(Callback):
         if writer is None:
             return
         step = trainer.global_step
-        if self.task.dense:
-            self.confusion = results["confusion"].cpu().long()
-            self._log_confusion(writer, step, self.confusion, self.task.confusion_names() or [])
-            self._log_iou_table(writer, step, self.confusion, self.task.confusion_names() or [])
-            return
         names = self.task.report_names()
         self._log_per_class(writer, step, names, results)
         assert pr_state is not None  # classification reports always build "pr"

@@ -168,6 +168,12 @@ class FinetuneCLI(LightningCLI):
             help="fit only: run Lightning's learning-rate finder first; its suggestion becomes model.head_lr "
             "(plot: lr_find.png in the log folder).",
         )
+        parser.add_argument(
+            "--lr_find_steps",
+            type=int,
+            default=100,
+            help="training steps of the --lr_find sweep, one LR each from 1e-6 to 1 (at least 20 for a suggestion).",
+        )
 
     def before_fit(self) -> None:
         if not self.config[self.subcommand].get("lr_find"):
@@ -177,13 +183,22 @@ class FinetuneCLI(LightningCLI):
         plot = Path(self.trainer.log_dir or ".") / "lr_find.png"
         if self.trainer.is_global_zero:  # every rank runs the sweep; one writes the plot
             plot.parent.mkdir(parents=True, exist_ok=True)
-        lr = suggest_lr(self.trainer, self.model, datamodule=self.datamodule, plot_path=str(plot) if self.trainer.is_global_zero else None)
+        steps = self.config[self.subcommand].get("lr_find_steps", 100)
+        if steps < 20:
+            raise SystemExit(f"--lr_find_steps {steps}: the sweep needs at least 20 steps to suggest an LR.")
+        lr = suggest_lr(
+            self.trainer,
+            self.model,
+            datamodule=self.datamodule,
+            num_training=steps,
+            plot_path=str(plot) if self.trainer.is_global_zero else None,
+        )
         if not self.trainer.is_global_zero:
             return
         if lr is None:
             print(
-                "lr_find: no suggestion (the sweep ended before enough steps: it runs up to 100 training steps within "
-                "trainer.max_epochs, and stops early when the loss diverges). Training goes on with the configured LR."
+                "lr_find: no suggestion (the sweep ended before enough steps: it runs up to --lr_find_steps training steps "
+                "within trainer.max_epochs, and stops early when the loss diverges). Training goes on with the configured LR."
             )
         else:
             print(f"lr_find: head_lr = {lr} (plot: {plot})")

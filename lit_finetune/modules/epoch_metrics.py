@@ -89,16 +89,18 @@ def _term_metrics(module: LightningModule) -> nn.ModuleDict:
 
 
 def log_class_metrics(module: LightningModule, stage: str) -> None:
-    """Log the per-class values of ``stage`` (dicts, which Lightning cannot log as metric objects: computed and synced here).
+    """Log the per-class values of ``stage`` (dicts, which Lightning cannot log as metric objects: computed and synced by
+    the task's :meth:`~lit_finetune.tasks.Task.epoch_class_values`, e.g. segmentation's from the epoch's one confusion matrix).
 
     A value that is NaN (a class absent from target and prediction has no IoU) is not logged.
     """
-    per_class = getattr(module, f"{stage}_class_metrics")
-    if per_class is None or not any(metric.update_called for metric in per_class.values()):
+    metrics, per_class = getattr(module, f"{stage}_metrics"), getattr(module, f"{stage}_class_metrics")
+    if not any(metric.update_called for metric in metrics.values(copy_state=False)):
         return
-    values = dict(per_class.compute().items())
-    module.log_dict({name: value for name, value in values.items() if not bool(torch.as_tensor(value).isnan().any())})
-    per_class.reset()
+    values = cast(Task, module.task).epoch_class_values(metrics, per_class)
+    module.log_dict({f"{stage}/{name}": value for name, value in values.items()})
+    if per_class is not None:
+        per_class.reset()
 
 
 def training_metrics(task: Task, metrics: MetricCollection) -> MetricCollection:

@@ -140,6 +140,15 @@ class Task(TaskText, ABC):
         """Per-class metrics of validation and test (a dict of values each), fed like :meth:`build_metrics`; None: none."""
         return None
 
+    def epoch_class_values(self, metrics: MetricCollection, per_class: MetricCollection | None) -> dict[str, Tensor]:
+        """The per-class values of an epoch, computed and synced across processes (names without the stage prefix):
+        by default those of ``per_class`` (from :meth:`build_class_metrics`); a task may derive them from ``metrics``
+        instead. A NaN value (a class absent from target and prediction) is left out."""
+        if per_class is None or not any(metric.update_called for metric in per_class.values()):
+            return {}
+        values = {_strip_prefix(name, per_class.prefix): value for name, value in per_class.compute().items()}
+        return {name: value for name, value in values.items() if not bool(torch.as_tensor(value).isnan().any())}
+
     @abstractmethod
     def metric_inputs(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """``(preds, target)`` for the metrics of :meth:`build_metrics`: probabilities or labels the task computed,
@@ -262,3 +271,7 @@ def has_soft_targets(task: Task, batch: dict) -> bool:
     multilabel targets are fractional sets ``mixed: True`` in its batches, or the metrics score them rounded.
     """
     return bool(batch.get(keys.MIXED, False)) or task.is_soft_layout(batch[keys.TARGET])
+
+
+def _strip_prefix(name: str, prefix: str | None) -> str:
+    return name[len(prefix) :] if prefix and name.startswith(prefix) else name

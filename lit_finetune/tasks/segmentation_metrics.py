@@ -104,6 +104,11 @@ class PixelConfusionMatrix(Metric):
     def compute(self) -> Tensor:
         return self.confmat
 
+    def epoch_confusion(self) -> Tensor:
+        """The matrix summed over all processes, leaving the local state as it was (a collective: call it on every rank)."""
+        with self.sync_context(should_sync=True, should_unsync=True):  # a no-op in a single process
+            return self.confmat.clone()
+
 
 class MeanIoU(PixelConfusionMatrix):
     """Mean over classes of the IoU, from the epoch's pixel confusion matrix (classes absent from target and prediction are skipped)."""
@@ -124,13 +129,6 @@ class PixelAccuracy(PixelConfusionMatrix):
 
     def compute(self) -> Tensor:
         return pixel_accuracy(self.confmat).float()
-
-
-class ClassIoU(PixelConfusionMatrix):
-    """IoU of each class ``(C,)`` over the epoch (NaN for a class absent from target and prediction)."""
-
-    def compute(self) -> Tensor:
-        return class_iou(self.confmat).float()
 
 
 class ForegroundIoU(PixelConfusionMatrix):

@@ -143,11 +143,10 @@ def grad_norm(module) -> float:
 
 
 def test_lr_find_option_sets_the_head_lr_before_fitting(tmp_path: Path, image_folder: Path) -> None:
-    # 2 batches an epoch: the sweep's 100 steps need 50 epochs; the fit that follows stops after 2 steps.
-    config = write_config(tmp_path, image_folder, max_epochs=60, max_steps=2)
-    cli = build_cli(
-        ["fit", "--config", str(config), "--lr_find", "true", "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false"]
-    )
+    # 2 batches an epoch: the sweep's 24 steps need 12 epochs; the fit that follows stops after 2 steps.
+    config = write_config(tmp_path, image_folder, max_epochs=14, max_steps=2)
+    args = ["--lr_find", "true", "--lr_find_steps", "24", "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false"]
+    cli = build_cli(["fit", "--config", str(config), *args])
     assert cli.model.head_lr is not None and 1e-6 <= cli.model.head_lr <= 1.0
     assert (Path(cli.trainer.log_dir) / "lr_find.png").is_file()
     # The suggestion is the head group's LR for the training that followed.

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lit_finetune import BestWorstSamples, DataTiming, GradCAM, GradientStats, HParamsSummary, NanGuard, ValidationReport
+from lit_finetune.tasks import segmentation_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,12 +32,35 @@ class GradNorms(Callback):
         self.norms[trainer.global_step] = torch.cat(grads).norm().item()
 
 
+class ConfusionCounts(Callback):
+    """How many pixel confusion matrices each validation step computes (metrics, per-class IoU and report together).
+
+    Placed last: its batch-end hook runs after every other callback's.
+    """
+
+    def __init__(self) -> None:
+        self.calls, self.per_step = 0, []
+
+    def count(self, function):
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return function(*args, **kwargs)
+
+        return counted
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.start = self.calls
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.per_step.append(self.calls - self.start)
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("segfit")
     model = tiny_module(palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)], loss=nn.CrossEntropyLoss(ignore_index=IGNORE))
-    best_worst, report, norms = BestWorstSamples(k=2, tile_size=32), ValidationReport(), GradNorms()
-    callbacks = [best_worst, report, GradientStats(), NanGuard(), DataTiming(), HParamsSummary(), norms]
+    best_worst, report, norms, counts = BestWorstSamples(k=2, tile_size=32), ValidationReport(), GradNorms(), ConfusionCounts()
+    callbacks = [best_worst, report, GradientStats(), NanGuard(), DataTiming(), HParamsSummary(), norms, counts]
     trainer = Trainer(
         max_epochs=4,
         logger=TensorBoardLogger(str(tmp), name="seg"),
@@ -47,9 +71,19 @@ def fitted(tmp_path_factory):
         log_every_n_steps=1,
         num_sanity_val_steps=0,
     )
-    trainer.fit(model, loader(ShapesDataset(8)), loader(ShapesDataset(4, seed=1)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segmentation_metrics, "confusion_counts", counts.count(segmentation_metrics.confusion_counts))
+        trainer.fit(model, loader(ShapesDataset(8)), loader(ShapesDataset(4, seed=1)))
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0}).Reload()
-    return {"trainer": trainer, "events": events, "best_worst": best_worst, "report": report, "model": model, "grad_norms": norms.norms}
+    return {
+        "trainer": trainer,
+        "events": events,
+        "best_worst": best_worst,
+        "report": report,
+        "model": model,
+        "grad_norms": norms.norms,
+        "confusions_per_step": counts.per_step,
+    }
 
 
 def test_the_loss_moves_down(fitted):
@@ -84,6 +118,17 @@ def test_report_writes_pixel_confusion_and_iou_table(fitted):
     tags = fitted["events"].Tags()
     assert "zz-report/iou/0" in tags["scalars"] and "zz-report/confusion_matrix" in tags["images"]
     assert any(t.startswith("zz-report/iou_table") for t in tags["tensors"])
+
+
+def test_one_confusion_matrix_per_validation_step_serves_metrics_per_class_iou_and_report(fitted):
+    assert fitted["confusions_per_step"] == [1] * 4  # 4 epochs of one validation step (4 images, batch 4)
+    # The logged per-class IoU and mIoU of the last epoch are those of the report's matrix.
+    confusion = fitted["report"].confusion.double()
+    iou = confusion.diagonal() / (confusion.sum(0) + confusion.sum(1) - confusion.diagonal())
+    events = fitted["events"]
+    for c in range(3):
+        assert events.Scalars(f"val/iou/{c}")[-1].value == pytest.approx(float(iou[c]), abs=1e-6)
+    assert events.Scalars("val/miou")[-1].value == pytest.approx(float(iou.nanmean()), abs=1e-6)
 
 
 def test_gradient_stats_equal_the_gradients(fitted):
