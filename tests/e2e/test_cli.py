@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_runner import run_cli
 from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_finetune import keys
 from lit_finetune.cli import build_cli
-
-CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -50,7 +48,7 @@ def write_config(tmp_path: Path, data_root: Path, **trainer) -> Path:
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=240)
+    result = run_cli([*args], cwd=cwd, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

@@ -6,12 +6,11 @@ batches, CPU); the models, optimizers, schedulers and callbacks are the configs'
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 
 from lit_finetune.cli import build_cli
 
@@ -94,8 +93,7 @@ def test_config_through_the_command(name: str, tmp_path: Path, image_folder: Pat
         # ddp.yaml is an overlay: its DDPStrategy runs here as one CPU process (gloo), in its own process.
         configs += ["--config", str(CONFIGS / "ddp.yaml")]
         extra = ["--trainer.devices", "1"]
-    command = [sys.executable, "-m", "lit_finetune.cli", "fit", *configs, *overrides(tmp_path, image_folder), *extra]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = run_cli(["fit", *configs, *overrides(tmp_path, image_folder), *extra], cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     checkpoints = list((tmp_path / "runs").rglob("*.ckpt"))
     assert checkpoints, "no checkpoint written"

@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from cli_runner import run_cli
+
 ROOT = Path(__file__).resolve().parents[2]
-CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
 TINY = [
     "--trainer.max_epochs",
     "1",
@@ -33,7 +32,7 @@ TINY = [
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("LIT_FINETUNE_DEBUG", None)
-    return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=240, env=env)
+    return run_cli(list(args), cwd=cwd, env=env)
 
 
 def quickstart(data: Path) -> list[str]:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import csv
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+from cli_runner import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_finetune.data.demo import write_digit_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
 
 
 def test_multilabel_quickstart_fits_and_predicts_label_sets(tmp_path: Path) -> None:
@@ -33,7 +30,7 @@ def test_multilabel_quickstart_fits_and_predicts_label_sets(tmp_path: Path) -> N
         "--trainer.enable_progress_bar",
         "false",
     ]
-    fit = subprocess.run([CLI, "fit", *common, "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    fit = run_cli(["fit", *common, "--trainer.max_epochs", "1"], cwd=tmp_path, timeout=240)
     assert fit.returncode == 0, fit.stdout[-3000:] + fit.stderr[-3000:]
 
     version = tmp_path / "runs" / "multilabel_quickstart" / "version_0"
@@ -45,11 +42,9 @@ def test_multilabel_quickstart_fits_and_predicts_label_sets(tmp_path: Path) -> N
     best = next(p for p in (version / "checkpoints").glob("epoch*-map*.ckpt"))
 
     preds = tmp_path / "preds.csv"
-    run = subprocess.run(
-        [CLI, "predict", *common, "--ckpt_path", str(best), "--predictions.output_path", str(preds), "--model.threshold", "0.05"],
+    run = run_cli(
+        ["predict", *common, "--ckpt_path", str(best), "--predictions.output_path", str(preds), "--model.threshold", "0.05"],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=240,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from cli_runner import run_cli
 from PIL import Image
 
 from lit_finetune.data.masks import default_palette
 from lit_finetune.data.segmentation_demo import write_digit_segmentation
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
 
 
 def test_segmentation_quickstart_fits_and_predicts_masks_at_the_image_size(tmp_path: Path) -> None:
@@ -43,16 +41,12 @@ def test_segmentation_quickstart_fits_and_predicts_masks_at_the_image_size(tmp_p
         "HOME": str(tmp_path),
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
     }
-    fit = subprocess.run(
-        [CLI, "fit", *common, "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env
-    )
+    fit = run_cli(["fit", *common, "--trainer.max_epochs", "1"], cwd=tmp_path, env=env, timeout=240)
     assert fit.returncode == 0, fit.stdout[-3000:] + fit.stderr[-3000:]
     run = tmp_path / "runs" / "segmentation_quickstart" / "version_0"
     assert len(list((run / "checkpoints").glob("epoch00-miou*.ckpt"))) == 1
 
-    predict = subprocess.run(
-        [CLI, "predict", *common, "--ckpt_path", "best"], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env
-    )
+    predict = run_cli(["predict", *common, "--ckpt_path", "best"], cwd=tmp_path, env=env, timeout=240)
     assert predict.returncode == 0, predict.stdout[-3000:] + predict.stderr[-3000:]
     masks = sorted((run / "predict" / "best" / "masks").glob("*.png"))
     assert [m.name for m in masks] == [f"{i:05d}.png" for i in range(4)]  # the validation images, by name

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
+from cli_runner import run_cli
 from PIL import Image
-
-CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
 
 
 def write_membranes(root: Path, n_train: int = 24, n_val: int = 6) -> None:
@@ -67,9 +64,7 @@ def test_binary_0_255_masks_train_from_the_documented_options_and_log_the_foregr
     path.write_text(yaml.safe_dump(config))
     env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
     env.update({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})  # a checkout's code first
-    fit = subprocess.run(
-        [CLI, "fit", "--config", str(path)], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
-    )
+    fit = run_cli(["fit", "--config", str(path)], cwd=tmp_path, env=env, timeout=300)
     assert fit.returncode == 0, fit.stdout[-3000:] + fit.stderr[-3000:]
     assert "ignore_index" not in fit.stderr  # no pixel is taken for unlabelled
     rows = list(csv.DictReader((tmp_path / "runs" / "em" / "version_0" / "metrics.csv").open()))
@@ -78,13 +73,10 @@ def test_binary_0_255_masks_train_from_the_documented_options_and_log_the_foregr
     dice_fg, iou_fg = float(epochs[-1]["val/dice_fg"]), float(epochs[-1]["val/iou_fg"])
     assert dice_fg > 0.5 and abs(iou_fg - dice_fg / (2 - dice_fg)) < 1e-4  # IoU = Dice / (2 - Dice) for one class
     saved = yaml.safe_load((tmp_path / "runs" / "em" / "version_0" / "config.yaml").read_text())
-    validate = subprocess.run(
-        [CLI, "validate", "--config", str(tmp_path / "runs" / "em" / "version_0" / "config.yaml"), "--ckpt_path", "last"],
-        check=False,
+    validate = run_cli(
+        ["validate", "--config", str(tmp_path / "runs" / "em" / "version_0" / "config.yaml"), "--ckpt_path", "last"],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
         env=env,
+        timeout=300,
     )
     assert validate.returncode == 0 and "task" not in saved["data"]["init_args"], validate.stderr[-3000:]

@@ -3,19 +3,17 @@ or the model is built prints its short message and exits with status 2, as class
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import run_cli
 
 from lit_finetune.cli import find_user_error
 from lit_finetune.data.segmentation_demo import write_digit_segmentation
 from lit_finetune.modules.segmentation import SegmentationModule
-
-CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
 
 
 def run_fit(tmp_path: Path, root: Path, backbone: str = "resnet18") -> subprocess.CompletedProcess:
@@ -30,7 +28,7 @@ def run_fit(tmp_path: Path, root: Path, backbone: str = "resnet18") -> subproces
     path = tmp_path / "seg.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
-    return subprocess.run([CLI, "fit", "--config", str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
+    return run_cli(["fit", "--config", str(path)], cwd=tmp_path, env=env, timeout=180)
 
 
 def assert_short_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

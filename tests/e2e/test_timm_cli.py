@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 
 from lit_finetune.data.segmentation_demo import write_digit_segmentation
 
 pytest.importorskip("timm")
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = shutil.which("lit-finetune", path=str(Path(sys.executable).parent)) or "lit-finetune"
 
 
 def _fit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -31,7 +30,7 @@ def _fit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         "--trainer.max_epochs",
         "1",
     ]
-    return subprocess.run([CLI, "fit", *args, *common], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
+    return run_cli(["fit", *args, *common], cwd=tmp_path, env=env, timeout=240)
 
 
 def test_quickstart_with_a_timm_backbone(tmp_path: Path, image_folder: Path) -> None:

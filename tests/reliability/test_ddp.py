@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
+from cli_runner import run_cli
 from reliability_helpers import subprocess_env, write_config
 
 from lit_finetune.cli import build_cli
@@ -19,9 +17,6 @@ def ddp_run(tmp_path_factory, dataset):
     frozen = {"freeze": 2, "train_bn": False}
     config = write_config(tmp / "config.yaml", dataset, tmp / "runs", max_epochs=1, model=frozen, batch_size=2)
     command = [
-        sys.executable,
-        "-m",
-        "lit_finetune.cli",
         "fit",
         "--config",
         str(config),
@@ -34,7 +29,7 @@ def ddp_run(tmp_path_factory, dataset):
         "--trainer.callbacks+=reliability_helpers.SaveRankState",
         f"--trainer.callbacks.folder={tmp / 'ranks'}",
     ]
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=150)
+    result = run_cli(command, cwd=tmp, env=subprocess_env(), timeout=150)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(tmp / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     return {"tmp": tmp, "config": config, "ranks": ranks, "log": result.stderr + result.stdout}

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import torch
+from cli_runner import run_cli
 from reliability_helpers import subprocess_env, write_config
 
 from lit_finetune.cli import main
@@ -59,13 +57,12 @@ def test_fit_then_resume_equals_uninterrupted_fit(tmp_path, dataset, one_epoch_r
 def test_sigterm_mid_epoch_saves_and_resume_loses_no_epoch(tmp_path, dataset):
     config = write_config(tmp_path / "config.yaml", dataset, tmp_path / "runs", max_epochs=2)
     checkpoints = tmp_path / "runs/run/version_0/checkpoints"
-    command = [sys.executable, "-m", "lit_finetune.cli", "fit", "--config", str(config)]
+    command = ["fit", "--config", str(config)]
     # SIGTERM after the 2nd of 3 batches of epoch 1 (epoch 0 finished).
-    first = subprocess.run(
+    first = run_cli(
         command + ["--trainer.callbacks+=reliability_helpers.SignalAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=1"],
+        cwd=tmp_path,
         env=subprocess_env(),
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert first.returncode == 0, first.stderr[-3000:]  # a clean exit, not a crash
@@ -75,7 +72,7 @@ def test_sigterm_mid_epoch_saves_and_resume_loses_no_epoch(tmp_path, dataset):
     assert (last["epoch"], last["global_step"]) == (0, 3)  # the finished epoch
     assert (interrupted["epoch"], interrupted["global_step"]) == (1, 5)  # 2 batches into epoch 1
 
-    second = subprocess.run(command + ["--ckpt_path", "last"], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    second = run_cli(command + ["--ckpt_path", "last"], cwd=tmp_path, env=subprocess_env(), timeout=120)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "last-interrupted.ckpt" in second.stderr + second.stdout  # resumed from the newest checkpoint
     final = _load(checkpoints / "last.ckpt")
