@@ -12,6 +12,8 @@ from lit_finetune.data.demo import write_digit_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 
+MAP_ABOVE_CHANCE = 0.15
+
 
 def test_multilabel_quickstart_fits_and_predicts_label_sets(tmp_path: Path) -> None:
     data = write_digit_pairs(tmp_path / "digit_pairs", n_train=48, n_val=16)  # the demo, small
@@ -40,6 +42,12 @@ def test_multilabel_quickstart_fits_and_predicts_label_sets(tmp_path: Path) -> N
     assert {"val/map", "val/f1_micro", "val/f1_macro", "val/exact_match", "val/loss", "train/loss_epoch"} <= tags, tags
     assert {f"val/ap/{d}" for d in "0123456789"} <= tags and {f"val/f1/{d}" for d in "0123456789"} <= tags
     best = next(p for p in (version / "checkpoints").glob("epoch*-map*.ckpt"))
+    # A quality floor: a ranking by chance has an average precision near each label's share of the validation images.
+    val_rows = [row for row in csv.DictReader((data / "labels.csv").open()) if row["split"] == "val"]
+    shares = [sum(str(d) in row["labels"].split() for row in val_rows) / len(val_rows) for d in range(10)]
+    chance = sum(share for share in shares if share > 0) / sum(share > 0 for share in shares)
+    val_map = events.Scalars("val/map")[-1].value
+    assert val_map >= chance + MAP_ABOVE_CHANCE, (val_map, chance)
 
     preds = tmp_path / "preds.csv"
     run = run_cli(
