@@ -2,8 +2,9 @@
 
 ``torchvision.io.decode_jpeg`` decodes JPEGs straight into a uint8 ``(3, H, W)`` tensor with libjpeg-turbo; the
 transforms v2 pipelines take that tensor as they take a PIL image. Other formats, and bytes it cannot decode, go
-through PIL (:func:`lit_finetune.data.folder.load_rgb`: every mode converted to 8-bit RGB, EXIF orientation applied).
-``benchmarks/data_throughput.py`` measures both; docs/scaling.md gives the figures.
+through PIL (:func:`lit_finetune.images.read.load_rgb`: every mode converted to 8-bit RGB, EXIF orientation applied).
+``benchmarks/data_throughput.py`` measures both; docs/scaling.md gives the figures: ``decode_jpeg`` is the faster one,
+from shards and from loose files, and :func:`read_image` (the folder data sets' loader) uses it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from lit_finetune.data.folder import load_rgb
+from lit_finetune.images.read import load_rgb
 
 Decoder = Literal["pil", "torchvision"]
 DECODERS: tuple[str, ...] = ("pil", "torchvision")
@@ -38,6 +39,13 @@ def decode_torchvision(data: bytes) -> tv_tensors.Image | Image.Image:
         return tv_tensors.Image(decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True))
     except RuntimeError:
         return decode_pil(data)
+
+
+def read_image(path: str) -> tv_tensors.Image | Image.Image:
+    """An image file in 8-bit RGB, decoded as :func:`decode_torchvision` decodes bytes (JPEGs with
+    ``torchvision.io.decode_jpeg``, other formats with PIL): the loader of the folder and CSV data sets."""
+    with open(path, "rb") as file:
+        return decode_torchvision(file.read())
 
 
 def image_decoder(name: str):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from lit_finetune import keys
+from lit_finetune.data.decode import read_image
 from lit_finetune.images.read import load_rgb, to_rgb  # noqa: F401 (importable from here too)
 from lit_finetune.tasks.targets import Target
 
@@ -83,15 +84,17 @@ class ImageDataset(Dataset):
     Args:
         samples: file paths and targets: class indices (returned as ints), or tuples of floats
             (multilabel multi-hot, binary ``(0.0,)``/``(1.0,)``: returned as float tensors).
-        transform: applied to the PIL image (for example a transforms v2 pipeline).
-        loader: reads a path into an image.
+        transform: applied to the image, a PIL image or (JPEGs) a uint8 ``tv_tensors.Image`` (for example a transforms v2
+            pipeline, which takes both).
+        loader: reads a path into an image (default :func:`~lit_finetune.data.decode.read_image`: JPEGs with
+            ``torchvision.io.decode_jpeg``, other formats with PIL).
     """
 
     def __init__(
         self,
         samples: Sequence[tuple[str, Target]],
         transform: Callable | None = None,
-        loader: Callable[[str], Image.Image] = load_rgb,
+        loader: Callable[[str], Any] = read_image,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform

@@ -36,7 +36,8 @@ from typing_extensions import override
 from lit_finetune import keys
 from lit_finetune.data.base import FolderDataModule, check_val_fraction
 from lit_finetune.data.check import scan_once
-from lit_finetune.data.folder import BadImageError, load_rgb
+from lit_finetune.data.decode import read_image
+from lit_finetune.data.folder import BadImageError
 from lit_finetune.data.mask_pairs import Pair, list_pairs, split_pairs
 from lit_finetune.data.mask_scan import cached_scan
 from lit_finetune.data.masks import MaskInfo, default_palette, format_problems, read_mask, read_palette
@@ -86,7 +87,8 @@ class SegmentationDataset(Dataset):
 
     def _image(self, path: str) -> tv_tensors.Image:
         try:
-            return tv_tensors.Image(F.pil_to_tensor(load_rgb(path)))
+            image = read_image(path)  # JPEGs through torchvision.io.decode_jpeg (faster), others through PIL
+            return image if isinstance(image, tv_tensors.Image) else tv_tensors.Image(F.pil_to_tensor(image))
         except Exception as err:
             # Raised inside a dataloader worker: say which file and what to do in the first line.
             raise BadImageError(
