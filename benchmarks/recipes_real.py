@@ -275,6 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated (the split does not change)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
     parser.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs (all arms)")
+    parser.add_argument("--image-size", type=int, default=None, help="override the protocol's image size (all arms)")
     parser.add_argument("--per-class", type=int, default=120, help="training images per class")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the training subset")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once (each alternates the arms)")
@@ -299,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown arms {unknown}; choose from {sorted(ARMS) + sorted(VARIANTS)}", file=sys.stderr)
         return 2
     torch.set_num_threads(opts.threads)
-    protocol = dict(PROTOCOLS[opts.protocol], **({"epochs": opts.epochs} if opts.epochs else {}))
+    overrides = {"epochs": opts.epochs, "image_size": opts.image_size}
+    protocol = dict(PROTOCOLS[opts.protocol], **{key: value for key, value in overrides.items() if value})
     seeds = [int(s) for s in opts.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="recipes_real_"))
     photos = Path(opts.cache) if opts.cache else work / "photos"
